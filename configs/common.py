@@ -48,6 +48,7 @@ def model_config(resolution: int = 256) -> ml_collections.ConfigDict:
     m.num_bottleneck_blocks = 6
     m.use_occlusion = True
     m.cap_features = 64  # channels of the propagated decoder context (CAP)
+    m.cap_level = 1  # decoder pyramid level CAP works at (0 = full resolution)
 
     # D: multi-scale patch discriminator.
     m.disc_scales = (1.0, 0.5)
@@ -96,20 +97,23 @@ def data_config(resolution: int = 256) -> ml_collections.ConfigDict:
 
 
 def train_config() -> ml_collections.ConfigDict:
+    """The loop, optimizers and bookkeeping. Reasons: docs/training.md."""
     t = ml_collections.ConfigDict()
-    t.stage = 1
+    t.stage = 1  # informational; the stage follows model.variant ('full' = stage 2, clips)
     t.seed = 0
     t.num_steps = 200_000
+    t.time_budget_minutes = 0.0  # stop (and checkpoint) after this long; 0 = no limit
     t.g_lr = 2e-4
     t.d_lr = 2e-4
     t.b1 = 0.5
     t.b2 = 0.999
     t.warmup_steps = 1000
     t.lr_schedule = "cosine"  # 'constant' or 'cosine' (after warmup)
+    t.lr_final_factor = 0.01  # cosine ends at lr * this
     t.grad_clip = 0.0  # global-norm clip; 0 disables
     t.ema_decay = 0.999
     t.gan_start_step = 0
-    t.init_from = ""  # stage-1 checkpoint dir for stage 2
+    t.init_from = ""  # stage-1 workdir (or its checkpoints/) for stage 2
     t.max_nonfinite_in_a_row = 10
     t.log_every = 50
     t.sample_every = 1000
@@ -117,6 +121,7 @@ def train_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 3
     t.eval_every = 5000
     t.eval_batches = 8
+    t.eval_split = "test"
     return t
 
 
