@@ -1,0 +1,672 @@
+"""Training: the train state, one jitted step per stage, the loop, evaluation, checkpoints.
+
+Stage 1 trains on frame pairs (`config.data.mode='image'`, variants up to `mmfa`); stage 2 on
+clips (`'video'`, variant `full`: CAP scanned over the clip), initialised from the stage-1
+checkpoint in `config.train.init_from`. The step is one `jax.jit` over a 1-D `data` mesh:
+the batch is split over devices, parameters are replicated, the state is donated. G+E and D
+losses come from one generator forward pass; both optimizers and the EMA update inside the
+step. A non-finite loss or gradient skips the whole update (counted, no host sync).
+"""
+
+import dataclasses
+import logging
+import math
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from pechead_jax import checkpointing, logging_utils, sharding
+from pechead_jax.models.pechead import PECHead
+
+Array = jax.Array
+PyTree = Any
+
+IMAGE_KEYS = ("source", "driving")
+BATCH_KEYS = (
+    "source", "driving", "source_pose", "driving_pose", "source_expression",
+    "driving_expression", "source_landmarks", "driving_landmarks",
+)
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs, as one pytree (checkpointed as is).
+
+    `nonfinite`: `run` (current streak of skipped steps), `max_run` (longest streak since the
+    last host check), `total` (all skipped steps).
+    """
+
+    step: Array
+    rng: Array
+    g_params: PyTree  # PECHead (E + motion + G)
+    d_params: PyTree  # discriminator variables ({'params': ...} and any other collection)
+    g_opt_state: PyTree
+    d_opt_state: PyTree
+    ema_params: PyTree
+    nonfinite: dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """The modules and optimizers a run is built from (static, not checkpointed)."""
+
+    model: PECHead
+    disc: nn.Module
+    g_tx: optax.GradientTransformation
+    d_tx: optax.GradientTransformation
+    g_schedule: optax.Schedule
+    d_schedule: optax.Schedule
+    perceptual: nn.Module | None
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise a ValueError naming the field when the config cannot train."""
+    variant, mode = config.model.variant, config.data.mode
+    if mode not in ("image", "video"):
+        raise ValueError(f"config.data.mode={mode!r}, expected 'image' or 'video'")
+    if (variant == "full") != (mode == "video"):
+        raise ValueError(
+            f"config.model.variant={variant!r} with config.data.mode={mode!r}: the 'full' "
+            "variant (CAP) trains on clips (mode 'video', stage 2); the others on frame "
+            "pairs (mode 'image', stage 1)"
+        )
+    if config.data.resolution != config.model.resolution:
+        raise ValueError(
+            f"config.data.resolution={config.data.resolution} differs from "
+            f"config.model.resolution={config.model.resolution}"
+        )
+    t = config.train
+    if t.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"config.train.lr_schedule={t.lr_schedule!r}, expected constant/cosine")
+    if t.num_steps < 1:
+        raise ValueError(f"config.train.num_steps={t.num_steps} must be positive")
+
+
+def _schedule(lr: float, t: ml_collections.ConfigDict) -> optax.Schedule:
+    warmup = max(int(t.warmup_steps), 0)
+    if t.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, max(warmup, 1), max(t.num_steps, warmup + 1), end_value=lr * t.lr_final_factor
+        )
+    if warmup == 0:
+        return optax.constant_schedule(lr)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
+
+
+def make_optimizer(lr: float, t: ml_collections.ConfigDict):
+    """Adam(b1, b2) on a warmup + constant/cosine schedule, optionally global-norm clipped."""
+    schedule = _schedule(lr, t)
+    parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+    parts.append(optax.adam(schedule, b1=t.b1, b2=t.b2))
+    return optax.chain(*parts), schedule
+
+
+def make_parts(config: ml_collections.ConfigDict) -> Parts:
+    """Build the modules and optimizers of a run (no parameters yet)."""
+    from pechead_jax.models.discriminator import MultiScaleDiscriminator
+
+    check_config(config)
+    g_tx, g_schedule = make_optimizer(config.train.g_lr, config.train)
+    d_tx, d_schedule = make_optimizer(config.train.d_lr, config.train)
+    return Parts(
+        model=PECHead(config.model),
+        disc=MultiScaleDiscriminator(config.model),
+        g_tx=g_tx,
+        d_tx=d_tx,
+        g_schedule=g_schedule,
+        d_schedule=d_schedule,
+        perceptual=None,
+    )
+
+
+def load_perceptual(config: ml_collections.ConfigDict) -> tuple[nn.Module | None, PyTree]:
+    """The frozen perceptual network, or (None, {}) when its loss weight is zero."""
+    if config.loss.perceptual <= 0:
+        return None, {}
+    from pechead_jax.models.perceptual import load_perceptual as load
+
+    return load(config.loss.perceptual_backbone, config.loss.perceptual_weights_path)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch: int = 1) -> dict[str, np.ndarray]:
+    """Zeros shaped like a batch of `config.data.mode` (docs/interfaces.md)."""
+    m = config.model
+    r = m.resolution
+    t = (config.data.clip_length,) if config.data.mode == "video" else ()
+    shapes = {
+        "source": (batch, r, r, 3),
+        "source_pose": (batch, m.pose_dim),
+        "source_expression": (batch, m.expression_dim),
+        "source_landmarks": (batch, m.num_landmarks, 2),
+    }
+    shapes.update({k.replace("source", "driving"): (batch, *t, *s[1:]) for k, s in shapes.items()})
+    return {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+
+
+def conditions(batch: Mapping[str, Array]) -> tuple[Array, Array]:
+    """(source_cond `[B,C]`, driving_cond `[B,C]` or `[B,T,C]`) from pose + expression."""
+    from pechead_jax.models.keypoints import make_condition
+
+    return (
+        make_condition(batch["source_pose"], batch["source_expression"]),
+        make_condition(batch["driving_pose"], batch["driving_expression"]),
+    )
+
+
+def generate(model: PECHead, params: PyTree, batch: Mapping[str, Array]) -> dict:
+    """Run G on a batch: `__call__` for frame pairs, `animate` for clips."""
+    source_cond, driving_cond = conditions(batch)
+    if batch["driving"].ndim == 5:
+        return model.apply(
+            {"params": params}, batch["source"], source_cond, batch["source_landmarks"],
+            driving_cond, batch["driving_landmarks"], method=PECHead.animate,
+        )
+    return model.apply(
+        {"params": params}, batch["source"], source_cond, driving_cond,
+        batch["source_landmarks"], batch["driving_landmarks"],
+    )
+
+
+def init_state(config: ml_collections.ConfigDict, parts: Parts, mesh) -> TrainState:
+    """Create the train state, replicated over `mesh`, from `config.train.seed`."""
+    rng = jax.random.key(config.train.seed)
+    g_key, d_key, rng = jax.random.split(rng, 3)
+    batch = dummy_batch(config)
+
+    def init(g_key, d_key, rng):
+        g_params = parts.model.init(
+            {"params": g_key}, *_model_args(batch),
+            method=PECHead.animate if config.data.mode == "video" else None,
+        )["params"]
+        frames = batch["driving"].reshape(-1, *batch["driving"].shape[-3:])
+        d_params = flax.core.unfreeze(parts.disc.init({"params": d_key}, frames))
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(
+            step=zero,
+            rng=rng,
+            g_params=g_params,
+            d_params=d_params,
+            g_opt_state=parts.g_tx.init(g_params),
+            d_opt_state=parts.d_tx.init(d_params["params"]),
+            ema_params=jax.tree.map(jnp.copy, g_params),
+            nonfinite={"run": zero, "max_run": zero, "total": zero},
+        )
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))(g_key, d_key, rng)
+
+
+def _model_args(batch):
+    source_cond, driving_cond = conditions(batch)
+    if batch["driving"].ndim == 5:
+        return (batch["source"], source_cond, batch["source_landmarks"], driving_cond,
+                batch["driving_landmarks"])
+    return (batch["source"], source_cond, driving_cond, batch["source_landmarks"],
+            batch["driving_landmarks"])
+
+
+def merge_params(target: PyTree, source: PyTree) -> tuple[PyTree, int, int]:
+    """Copy every leaf of `source` whose path and shape exist in `target` (stage 1 -> 2).
+
+    Returns (merged, copied, kept): parameters new in `target` (CAP) keep their init.
+    """
+    flat_source = {k: v for k, v in flax.traverse_util.flatten_dict(source).items()}
+    flat = flax.traverse_util.flatten_dict(target)
+    copied = 0
+    for k, v in flat.items():
+        if k in flat_source and tuple(flat_source[k].shape) == tuple(v.shape):
+            flat[k] = jnp.asarray(flat_source[k], v.dtype)
+            copied += 1
+    return flax.traverse_util.unflatten_dict(flat), copied, len(flat) - copied
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def _frames(x: Array) -> Array:
+    """Merge a clip's time axis into the batch: `[B,T,...] -> [B*T,...]` for images."""
+    return x.reshape(-1, *x.shape[-3:])
+
+
+def generator_losses(
+    config: ml_collections.ConfigDict,
+    parts: Parts,
+    g_params: PyTree,
+    d_params: PyTree,
+    perceptual_params: PyTree,
+    batch: Mapping[str, Array],
+    rng: Array,
+    gan_on: Array,
+) -> tuple[Array, tuple[dict, Array, dict]]:
+    """The weighted G+E loss; aux = (unweighted terms, generated frames `[N,H,W,3]`, out)."""
+    from pechead_jax import losses
+
+    lc = config.loss
+    out = generate(parts.model, g_params, batch)
+    generated = _frames(out["image"]).astype(jnp.float32)
+    target = _frames(batch["driving"])
+    terms = {"pixel": losses.pixel_loss(generated, target)}
+    if parts.perceptual is not None:
+
+        def features(x):
+            return parts.perceptual.apply(perceptual_params, x)
+
+        terms["perceptual"] = losses.perceptual_loss(
+            features, generated, target, lc.perceptual_scales, lc.perceptual_layer_weights
+        )
+    driving_kp = out["driving_keypoints"].reshape(-1, *out["driving_keypoints"].shape[-2:])
+    terms["keypoint"] = losses.keypoint_spread_loss(
+        driving_kp.astype(jnp.float32), lc.keypoint_min_distance
+    )
+    if lc.equivariance > 0:
+        # E must move its points with the image: warp the source by a random TPS and
+        # compare E's points on the warped image, mapped back, with those on the original.
+        source_cond, _ = conditions(batch)
+        source = batch["source"]
+        tps = losses.sample_tps(
+            rng, source.shape[0], lc.tps_sigma_affine, lc.tps_sigma_tps, lc.tps_points
+        )
+        from pechead_jax.models import layers
+
+        warped = layers.warp(source, losses.tps_grid(tps, *source.shape[1:3]))
+        both = parts.model.apply(
+            {"params": g_params}, jnp.concatenate([source, warped]),
+            jnp.concatenate([source_cond, source_cond]), method=PECHead.keypoints,
+        ).astype(jnp.float32)
+        b = source.shape[0]
+        terms["equivariance"] = losses.equivariance_loss(both[:b], both[b:], tps)
+    if "warped" in out and lc.warp > 0:
+        terms["warp"] = sum(
+            losses.warp_loss(w.astype(jnp.float32), target, lc.warp_scales)
+            for w in out["warped"].values()
+        )
+    if lc.gan > 0:
+        fake = parts.disc.apply(d_params, generated)
+        real = parts.disc.apply(d_params, target)
+        real = jax.tree.map(jax.lax.stop_gradient, real)
+        terms["gan"] = losses.hinge_g_loss([logits for logits, _ in fake])
+        if lc.feature_matching > 0:
+            terms["feature_matching"] = losses.feature_matching_loss(
+                [f for _, f in real], [f for _, f in fake]
+            )
+    weights = {k: getattr(lc, k) for k in terms}
+    for k in ("gan", "feature_matching"):
+        if k in weights:
+            weights[k] = weights[k] * gan_on
+    total = sum(weights[k] * v for k, v in terms.items())
+    return total, (terms, generated, out)
+
+
+def discriminator_loss(
+    parts: Parts, d_params: PyTree, real: Array, fake: Array
+) -> tuple[Array, dict]:
+    """Hinge D loss on real driving frames and (stopped) generated frames `[N,H,W,3]`."""
+    from pechead_jax import losses
+
+    real_out = parts.disc.apply(d_params, real)
+    fake_out = parts.disc.apply(d_params, jax.lax.stop_gradient(fake))
+    real_logits = [logits for logits, _ in real_out]
+    fake_logits = [logits for logits, _ in fake_out]
+    loss = losses.hinge_d_loss(real_logits, fake_logits)
+    aux = {
+        "real_logit": jnp.mean(jnp.stack([jnp.mean(x) for x in real_logits])),
+        "fake_logit": jnp.mean(jnp.stack([jnp.mean(x) for x in fake_logits])),
+    }
+    return loss, aux
+
+
+def make_train_step(config: ml_collections.ConfigDict, parts: Parts) -> Callable:
+    """The un-jitted step `(state, batch, perceptual_params) -> (state, metrics)`."""
+    t = config.train
+    use_gan = config.loss.gan > 0
+
+    def step_fn(state: TrainState, batch: dict, perceptual_params: PyTree):
+        rng = jax.random.fold_in(state.rng, state.step)
+        gan_on = (state.step >= t.gan_start_step).astype(jnp.float32)
+
+        def g_loss(g_params):
+            return generator_losses(
+                config, parts, g_params, state.d_params, perceptual_params, batch, rng, gan_on
+            )
+
+        (g_total, (terms, generated, _)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
+            state.g_params
+        )
+        g_updates, g_opt_state = parts.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+        g_params = optax.apply_updates(state.g_params, g_updates)
+        g_norm = optax.global_norm(g_grads)
+
+        metrics = {f"g/{k}": v for k, v in terms.items()}
+        metrics["g/total"] = g_total
+        metrics["grad_norm/g"] = g_norm
+        finite = jnp.isfinite(g_total) & jnp.isfinite(g_norm)
+
+        d_params, d_opt_state = state.d_params, state.d_opt_state
+        if use_gan:
+            target = _frames(batch["driving"])
+
+            def d_loss(params):
+                return discriminator_loss(
+                    parts, {**state.d_params, "params": params}, target, generated
+                )
+
+            (d_total, d_aux), d_grads = jax.value_and_grad(d_loss, has_aux=True)(
+                state.d_params["params"]
+            )
+            d_updates, d_opt_state = parts.d_tx.update(
+                d_grads, state.d_opt_state, state.d_params["params"]
+            )
+            d_params = {
+                **state.d_params, "params": optax.apply_updates(state.d_params["params"], d_updates)
+            }
+            d_norm = optax.global_norm(d_grads)
+            metrics.update({"d/total": d_total, "grad_norm/d": d_norm})
+            metrics.update({f"d/{k}": v for k, v in d_aux.items()})
+            finite &= jnp.isfinite(d_total) & jnp.isfinite(d_norm)
+
+        # EMA with a warm-up so short runs (the demo) are not dominated by the random init.
+        step = state.step.astype(jnp.float32)
+        decay = jnp.minimum(t.ema_decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, g_params)
+
+        # Non-finite guard: keep the old parameters and optimizer states, count the skip.
+        def pick(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        run = jnp.where(finite, 0, state.nonfinite["run"] + 1)
+        nonfinite = {
+            "run": run,
+            "max_run": jnp.maximum(state.nonfinite["max_run"], run),
+            "total": state.nonfinite["total"] + (1 - finite.astype(jnp.int32)),
+        }
+        metrics["nonfinite/skipped"] = nonfinite["total"]
+        new_state = TrainState(
+            step=state.step + 1,
+            rng=state.rng,
+            g_params=pick(g_params, state.g_params),
+            d_params=pick(d_params, state.d_params),
+            g_opt_state=pick(g_opt_state, state.g_opt_state),
+            d_opt_state=pick(d_opt_state, state.d_opt_state),
+            ema_params=pick(ema, state.ema_params),
+            nonfinite=nonfinite,
+        )
+        return new_state, metrics
+
+    return step_fn
+
+
+def jit_train_step(step_fn: Callable, mesh) -> Callable:
+    """`jax.jit` the step with a replicated, donated state and replicated metrics."""
+    rep = sharding.replicated(mesh)
+    return jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
+
+
+def make_preview(config: ml_collections.ConfigDict, parts: Parts) -> Callable:
+    """Jitted `(params, image-mode batch) -> PECHead outputs` (samples and evaluation)."""
+
+    def preview(params, batch):
+        return generate(parts.model, params, batch)
+
+    return jax.jit(preview)
+
+
+def image_pairs(batch: Mapping[str, Any]) -> dict:
+    """An image-mode view of a batch: a clip's first driving frame (for samples)."""
+    if np.ndim(batch["driving"]) == 5:
+        return {k: (v[:, 0] if k.startswith("driving") else v) for k, v in batch.items()}
+    return dict(batch)
+
+
+def make_eval_step(config: ml_collections.ConfigDict, parts: Parts) -> Callable:
+    """Jitted `(params, batch) -> per-sample [B] L1/PSNR` for the model and the
+    copy-the-source baseline (same identity: the driving frame is the target)."""
+    from pechead_jax.metrics import image as image_metrics
+
+    def eval_step(params, batch):
+        generated = generate(parts.model, params, batch)["image"].astype(jnp.float32)
+        target = batch["driving"]
+        return {
+            "l1": image_metrics.l1(generated, target),
+            "psnr": image_metrics.psnr(generated, target),
+            "baseline_l1": image_metrics.l1(batch["source"], target),
+            "baseline_psnr": image_metrics.psnr(batch["source"], target),
+        }
+
+    return jax.jit(eval_step)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _select(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise KeyError(f"batch from the input pipeline lacks {missing}; has {sorted(batch)}")
+    return {k: np.asarray(batch[k], np.float32) for k in BATCH_KEYS}
+
+
+def create_iterator(config: ml_collections.ConfigDict, split: str, *, train: bool):
+    """A Grain iterator over `config.data` for this process (a checkpointable iterator)."""
+    from pechead_jax import input_pipeline
+
+    if not config.data.root:
+        raise ValueError("config.data.root is empty: set it to the data_prep output folder")
+    dataset = input_pipeline.create_dataset(
+        config.data,
+        config.data.root,
+        split,
+        train=train,
+        seed=config.data.shuffle_seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return iter(dataset)
+
+
+def evaluate(
+    config: ml_collections.ConfigDict, parts: Parts, params: PyTree, mesh,
+    eval_step: Callable | None = None,
+) -> dict[str, float]:
+    """Mean L1/PSNR over `config.train.eval_batches` held-out image pairs (and baseline)."""
+    eval_config = ml_collections.ConfigDict(config.to_dict())
+    eval_config.data.mode = "image"
+    eval_config.data.batch_size = config.data.eval_batch_size
+    eval_step = eval_step or make_eval_step(config, parts)
+    sums: dict[str, float] = {}
+    count = 0
+    iterator = create_iterator(eval_config, config.train.eval_split, train=False)
+    for _, batch in zip(range(config.train.eval_batches), iterator):
+        values = jax.device_get(eval_step(params, sharding.put_batch(_select(batch), mesh)))
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + float(np.sum(v))
+        count += len(values["l1"])
+    if count == 0:
+        raise ValueError(f"evaluation split {config.train.eval_split!r} yielded no batch")
+    return {k: v / count for k, v in sums.items()} | {"samples": count}
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop polls (save, then exit cleanly)."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and exiting")
+        self.requested.set()
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _initialise_from(config, state: TrainState, mesh) -> TrainState:
+    """Stage 2: copy the stage-1 checkpoint's G+E, EMA and D parameters where they fit."""
+    raw = checkpointing.load_params(config.train.init_from, None)
+    g, copied, kept = merge_params(state.g_params, raw["g_params"])
+    ema, _, _ = merge_params(state.ema_params, raw["ema_params"])
+    d, _, _ = merge_params(state.d_params, raw["d_params"])
+    logging.info("init_from %s: %d tensors copied, %d new (kept at init)",
+                 config.train.init_from, copied, kept)
+    rep = sharding.replicated(mesh)
+    return state.replace(
+        g_params=jax.device_put(g, rep), ema_params=jax.device_put(ema, rep),
+        d_params=jax.device_put(d, rep),
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train from `config`, resuming from the latest checkpoint in `workdir`.
+
+    Returns a summary: the last step, last metrics, last evaluation, whether the run was
+    preempted or hit its time budget, and how many times the step compiled.
+    """
+    workdir_path = pathlib.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    check_config(config)
+    t = config.train
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.data.batch_size, mesh)
+    sharding.check_batch_size(config.data.eval_batch_size, mesh, "eval_batch")
+    if jax.process_index() == 0:
+        checkpointing.check_and_save_config(workdir_path, config)
+
+    parts = make_parts(config)
+    perceptual, perceptual_params = load_perceptual(config)
+    parts = dataclasses.replace(parts, perceptual=perceptual)
+    perceptual_params = jax.device_put(perceptual_params, sharding.replicated(mesh))
+
+    state = init_state(config, parts, mesh)
+    train_iter = create_iterator(config, "train", train=True)
+    manager = checkpointing.make_manager(workdir_path, t.keep_checkpoints)
+    latest = manager.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        )
+        state = checkpointing.restore(manager, latest, abstract, train_iter)
+        logging.info("resumed from %s at step %d", manager.directory, latest)
+    elif t.init_from:
+        state = _initialise_from(config, state, mesh)
+
+    writer = logging_utils.Writer(workdir_path / "tensorboard")
+    step = int(jax.device_get(state.step))
+    if step == 0:
+        counts = {
+            name: logging_utils.log_parameter_overview(name, params)
+            for name, params in (("G+E", state.g_params), ("D", state.d_params))
+        }
+        writer.text(0, "parameters", ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+
+    train_step = jit_train_step(make_train_step(config, parts), mesh)
+    preview = make_preview(config, parts)
+    eval_step = make_eval_step(config, parts)
+    start_time = time.monotonic()
+    budget = 60.0 * t.time_budget_minutes if t.time_budget_minutes > 0 else math.inf
+    summary: dict[str, Any] = {"preempted": False, "time_budget_reached": False}
+    metrics_np: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    window_start, window_steps = time.monotonic(), 0
+    devices = jax.device_count()
+
+    with _Preemption() as preemption:
+        while step < t.num_steps:
+            batch = sharding.put_batch(_select(next(train_iter)), mesh)
+            state, metrics = train_step(state, batch, perceptual_params)
+            step += 1
+            window_steps += 1
+            last = step == t.num_steps
+            out_of_time = time.monotonic() - start_time >= budget
+            stop = preemption.requested.is_set() or out_of_time
+            if step % t.log_every == 0 or last or stop:
+                metrics_np = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                max_run = int(jax.device_get(state.nonfinite["max_run"]))
+                if max_run >= t.max_nonfinite_in_a_row:
+                    manager.wait_until_finished()
+                    raise NonFiniteError(
+                        f"{max_run} steps in a row had non-finite losses or gradients (limit "
+                        f"config.train.max_nonfinite_in_a_row={t.max_nonfinite_in_a_row}) by "
+                        f"step {step}; last metrics: {metrics_np}"
+                    )
+                elapsed = time.monotonic() - window_start
+                rate = window_steps * config.data.batch_size / max(elapsed, 1e-9)
+                metrics_np.update({
+                    "lr/g": float(parts.g_schedule(step - 1)),
+                    "lr/d": float(parts.d_schedule(step - 1)),
+                    "perf/samples_per_second": rate,
+                    "perf/samples_per_second_per_device": rate / devices,
+                    "perf/step_time_s": elapsed / window_steps,
+                })
+                writer.scalars(step, metrics_np)
+                logging.info(logging_utils.progress_line(step, t.num_steps, metrics_np, rate))
+                window_start, window_steps = time.monotonic(), 0
+            if t.sample_every and (step % t.sample_every == 0 or last):
+                _write_samples(writer, step, preview, state.ema_params, batch)
+            if t.eval_every and (step % t.eval_every == 0 or last):
+                last_eval = evaluate(config, parts, state.ema_params, mesh, eval_step)
+                writer.scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
+                logging.info("eval at step %d: %s", step, last_eval)
+            if step % t.checkpoint_every == 0 or last or stop:
+                checkpointing.save(manager, step, state, train_iter, force=True)
+            if stop:
+                summary["preempted"] = preemption.requested.is_set()
+                summary["time_budget_reached"] = out_of_time
+                break
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    writer.close()
+    summary.update({
+        "step": step,
+        "metrics": metrics_np,
+        "eval": last_eval,
+        "compiles": train_step._cache_size(),
+        "seconds": time.monotonic() - start_time,
+    })
+    summary["state"] = state
+    return summary
+
+
+def _write_samples(writer, step: int, preview: Callable, params: PyTree, batch: dict) -> None:
+    pairs = image_pairs(batch)
+    rows = min(4, pairs["source"].shape[0])
+    host = {k: np.asarray(jax.device_get(v))[:rows] for k, v in pairs.items()}
+    out = jax.device_get(preview(params, host))
+    writer.image(step, "samples", logging_utils.training_grid(host, out, rows))
+
+
+def iterate_batches(iterator: Iterator, mesh) -> Iterator[dict[str, Array]]:
+    """Device batches from a host iterator (used by benchmarks and the demo)."""
+    for batch in iterator:
+        yield sharding.put_batch(_select(batch), mesh)
