@@ -16,10 +16,14 @@ import io
 import json
 import os
 import pathlib
+import sys
 import tempfile
 import time
 
-from data_prep import build
+# `python benchmarks/data_prep.py` puts benchmarks/ first on sys.path, where this very file
+# would shadow the data_prep package: put the repository root first.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from data_prep import build  # noqa: E402
 
 VIDEOS = ("single_face.mp4", "face_noface.mov", "noface_face.mov", "WolfgangLanger_Pexels.mp4")
 
