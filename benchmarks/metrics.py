@@ -35,16 +35,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8, help="Inception batch")
+    parser.add_argument("--batch", type=int, default=8, help="Inception and MS-SSIM batch")
     args = parser.parse_args()
 
     from pechead_jax.metrics import i3d, identity, inception
+    from pechead_jax.metrics import image as image_metrics
 
     res = args.resolution
     face = skimage.transform.resize(skimage.data.astronaut()[:300, 100:400], (res, res),
                                     anti_aliasing=True).astype(np.float32)
     out = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
-           "machine": platform.processor() or platform.machine(), "resolution": res}
+           "machine": platform.processor() or platform.machine(), "resolution": res,
+           # Other work on a shared machine slows every figure: record how busy it was.
+           "load_average_1min_before": round(os.getloadavg()[0], 2)}
 
     try:
         params, _ = inception.load_inception()
@@ -55,6 +58,11 @@ def main() -> None:
     except FileNotFoundError as e:
         out["inception_fps"] = None
         out["inception_error"] = str(e)
+
+    if res >= image_metrics.min_ms_ssim_size():  # not a network, but it costs about as much
+        pair = np.stack([face] * args.batch), np.stack([face[::-1]] * args.batch)
+        t = _time(lambda: image_metrics.ms_ssim(*pair).block_until_ready(), args.repeats)
+        out["ms_ssim_fps"] = args.batch / t
 
     params, _ = i3d.load_i3d()
     clip = np.stack([face] * i3d.CLIP_LENGTH)[None]
@@ -75,6 +83,7 @@ def main() -> None:
     except ImportError as e:
         out["analyser_fps"] = None
         out["analyser_error"] = str(e)
+    out["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out, indent=1))
 
 

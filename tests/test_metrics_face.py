@@ -37,7 +37,7 @@ def measured():
     from pechead_jax import face_analyser
 
     photo = _photo("0-f1-su-ph.jpg")
-    turned = _photo("45-m7-di-ph.jpg")  # yaw about -34 degrees
+    turned = _photo("45-m7-di-ph.jpg")  # yaw about 44 degrees
     no_face = _photo("free-mountain-vector-01.jpg")
     frames = np.stack([photo, turned, turned[:, ::-1], no_face, photo])
     with face_analyser.FaceAnalyser() as analyser:
@@ -53,8 +53,10 @@ def test_self_is_zero_and_no_face_is_reported(measured):
                                m.provenance)
     real = face.FaceMeasurement(m.landmarks[[4, 1, 0]], m.pose[[4, 1, 0]], m.aus[[4, 1, 0]],
                                 m.found[[4, 1, 0]], m.provenance)
-    for metric in (face.akd(gen, real), face.ard(gen, real), face.auh(gen, real)):
+    for metric in (face.akd(gen, real), face.akd(gen, real, "mesh"), face.ard(gen, real),
+                   face.auh(gen, real)):
         assert metric.value == pytest.approx(0.0, abs=1e-9) and metric.missing == 0, metric
+    assert face.akd(gen, real).provenance["akd_landmarks"].startswith("ibug68")
     # Frame 3 has no face: counted, not dropped silently and not a crash.
     metric = face.akd(m, face.FaceMeasurement(m.landmarks[::-1], m.pose[::-1], m.aus[::-1],
                                               m.found[::-1], m.provenance))
@@ -76,6 +78,9 @@ def test_flip_changes_yaw_sign(measured):
                                 m.provenance)
     assert face.ard(gen, real).value > abs(yaw) * 2 / 3 - 2.0
     assert face.akd(gen, real).value > 2.0  # the face moved: mirrored landmarks differ
+    assert face.akd(gen, real, "mesh").value > 2.0
+    with pytest.raises(ValueError, match="mesh vertices"):
+        face.akd(gen, real, [0, 468])
     # ARE: the measured pose requested back gives 0; 9 degrees more yaw gives 9 / 3.
     assert face.are(gen, m.pose[[1]]).value == pytest.approx(0.0, abs=1e-9)
     assert face.are(gen, m.pose[[1]] + [9.0, 0, 0]).value == pytest.approx(3.0, abs=1e-6)

@@ -58,6 +58,19 @@ def test_float_input_and_errors(embedder, tmp_path):
         identity.make_embedder("facenet")
 
 
+def test_arcface_alignment_is_upright(embedder):
+    """The eye centres land on the template's eyes, image-left on image-left, upright."""
+    astro = skimage.data.astronaut()
+    shape = embedder.faces.shape(astro)
+    matrix = identity.arcface_alignment(shape)
+    p = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], np.float64)
+    left, right = sorted([(p[0] + p[1]) / 2, (p[2] + p[3]) / 2], key=lambda e: e[0])
+    mapped = np.stack([left, right]) @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(mapped, identity.ARCFACE_TEMPLATE[:2], atol=4.0)
+    assert abs(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0]))) < 15.0
+    assert identity.arcface_crop(astro, shape).shape == (112, 112, 3)
+
+
 def _random_iresnet(rng: np.random.Generator) -> dict[str, np.ndarray]:
     """An insightface-layout iresnet state dict, one block per stage, random weights."""
     p = {}

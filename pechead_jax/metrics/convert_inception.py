@@ -45,10 +45,12 @@ def convert_state_dict(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def load_torchscript_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The TorchScript module's state dict as NumPy arrays (the only use of torch)."""
     try:
         import torch
     except ImportError as e:
-        raise SystemExit("convert_inception needs torch (pip install torch); only here") from e
+        raise ImportError("convert_inception needs torch to read the TorchScript file "
+                          "(pip install torch); nothing else in the project does") from e
     module = torch.jit.load(str(path), map_location="cpu")
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if not source.is_file():
             raise FileNotFoundError(f"--torchscript {source}: no such file")
         out = convert(source, args.output or inception.default_weights_path())
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} (sha256 {weights.sha256(out)})")

@@ -3,8 +3,9 @@
 The analyser is MediaPipe FaceLandmarker through `pechead_jax.face_analyser` (the project's
 one wrapper); head pose comes from `pechead_jax.face_model.procrustes_pose`.
 - AKD: mean Euclidean distance in pixels, at the images' own (evaluation) resolution, between
-  the analyser's 468 face-mesh landmarks (x, y; the 10 iris points are left out) of the
-  generated and the real frame. `indices` picks a subset (e.g. a 68-point layout).
+  landmarks of the generated and the real frame: by default the classic iBUG 68-point layout
+  (`face_model.IBUG68_INDICES`, mesh vertices), the paper's point set; `landmarks="mesh"`
+  uses all 468 face-mesh vertices (x, y; the 10 iris points are never used).
 - ARD: mean over yaw, pitch, roll of |angle difference| in degrees (wrapped to [-180, 180)).
 - AUH: fraction of our 19 action units (derived from blendshapes, `AU_BLENDSHAPES`; an AU
   is on when the largest of its blendshape scores exceeds 0.5) that differ.
@@ -190,13 +191,38 @@ def _check_pair(a: FaceMeasurement, b: FaceMeasurement, name: str) -> None:
         raise ValueError(f"{name}: frame counts differ")
 
 
+def akd_indices(landmarks: str | Sequence[int] = "ibug68") -> tuple[np.ndarray, str]:
+    """Mesh vertex indices of an AKD landmark set and its name for the provenance record.
+
+    `"ibug68"`: `face_model.IBUG68_INDICES`; `"mesh"`: all 468 vertices; or explicit indices.
+    """
+    if isinstance(landmarks, str):
+        if landmarks == "mesh":
+            return np.arange(NUM_MESH_LANDMARKS), "mesh468"
+        if landmarks == "ibug68":
+            try:
+                from pechead_jax.face_model import IBUG68_INDICES
+            except ImportError as e:
+                raise ImportError("akd landmarks='ibug68' needs pechead_jax.face_model "
+                                  "(IBUG68_INDICES); pass landmarks='mesh' instead") from e
+            return np.asarray(IBUG68_INDICES), "ibug68 (face_model.IBUG68_INDICES)"
+        raise ValueError(f"akd: unknown landmark set {landmarks!r}; expected 'ibug68', 'mesh' "
+                         "or a sequence of mesh vertex indices")
+    indices = np.asarray(landmarks, np.int64).reshape(-1)
+    if indices.size == 0 or indices.min() < 0 or indices.max() >= NUM_MESH_LANDMARKS:
+        raise ValueError(f"akd: landmark indices must be mesh vertices in [0, "
+                         f"{NUM_MESH_LANDMARKS}), got {indices.size} indices")
+    return indices, f"{indices.size} custom mesh vertices"
+
+
 def akd(generated: FaceMeasurement, real: FaceMeasurement,
-        indices: Sequence[int] | None = None) -> result.FrameMetric:
-    """Average keypoint distance (pixels) over the mesh landmarks or `indices` of them."""
+        landmarks: str | Sequence[int] = "ibug68") -> result.FrameMetric:
+    """Average keypoint distance (pixels) over a landmark set (`akd_indices`), per frame."""
     _check_pair(generated, real, "akd")
-    sel = slice(None) if indices is None else np.asarray(indices)
-    per_frame = keypoint_distance(generated.landmarks[:, sel], real.landmarks[:, sel])
-    return result.from_per_frame("akd", per_frame, generated.provenance)
+    indices, name = akd_indices(landmarks)
+    per_frame = keypoint_distance(generated.landmarks[:, indices], real.landmarks[:, indices])
+    return result.from_per_frame("akd", per_frame,
+                                 {**generated.provenance, "akd_landmarks": name})
 
 
 def ard(generated: FaceMeasurement, real: FaceMeasurement) -> result.FrameMetric:

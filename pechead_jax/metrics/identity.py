@@ -132,16 +132,21 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.concatenate([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]], axis=1)
 
 
+def arcface_alignment(shape) -> np.ndarray:
+    """`[2, 3]` similarity taking eye centres + nose from dlib's 5 points to the template."""
+    p = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], np.float64)
+    # dlib's 5 points: 0, 1 outer and inner corner of the eye on the image's right (the
+    # subject's left eye), 2, 3 outer and inner corner of the image-left eye, 4 nose base.
+    # The template lists the image-left eye first.
+    src = np.stack([(p[2] + p[3]) / 2, (p[0] + p[1]) / 2, p[4]])
+    return similarity_transform(src, ARCFACE_TEMPLATE[:3])
+
+
 def arcface_crop(image: np.ndarray, shape) -> np.ndarray:
     """112x112 RGB crop aligned on eye centres + nose from dlib's 5 points."""
     import cv2
 
-    p = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], np.float64)
-    # dlib 5-point order: right eye outer, right eye inner, left eye inner, left eye outer,
-    # nose base. In the image, the subject's right eye is on the left: template point 0.
-    src = np.stack([(p[0] + p[1]) / 2, (p[2] + p[3]) / 2, p[4]])
-    matrix = similarity_transform(src, ARCFACE_TEMPLATE[:3])
-    return cv2.warpAffine(image, matrix, (112, 112), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(image, arcface_alignment(shape), (112, 112), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT)
 
 

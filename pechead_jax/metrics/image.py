@@ -56,21 +56,28 @@ def gaussian_window(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA) -> np.
     return (g / g.sum()).astype(np.float32)
 
 
-def _filter(x: jax.Array, window: jax.Array) -> jax.Array:
-    """Separable 'valid' Gaussian filter of each channel: `[B,H,W,C] -> [B,H-10,W-10,C]`."""
-    c = x.shape[-1]
+def _band(n: int, window: np.ndarray) -> np.ndarray:
+    """`[n - k + 1, n]` matrix whose rows are the window slid along a side of length n."""
     size = window.shape[0]
-    dn = ("NHWC", "HWIO", "NHWC")
-    kh = jnp.tile(window.reshape(size, 1, 1, 1), (1, 1, 1, c))
-    kw = jnp.tile(window.reshape(1, size, 1, 1), (1, 1, 1, c))
+    rows = np.arange(n - size + 1)
+    band = np.zeros((n - size + 1, n), np.float32)
+    band[rows[:, None], rows[:, None] + np.arange(size)] = window
+    return band
+
+
+def _filter(x: jax.Array, window: np.ndarray) -> jax.Array:
+    """Separable 'valid' Gaussian filter of each channel: `[B,H,W,C] -> [B,H-10,W-10,C]`.
+
+    Written as two matrix products with banded matrices: XLA runs these several times faster
+    than depthwise convolutions on CPU, with the same float32 sums.
+    """
+    _, h, w, _ = x.shape
     hp = jax.lax.Precision.HIGHEST
-    x = jax.lax.conv_general_dilated(x, kh, (1, 1), "VALID", dimension_numbers=dn,
-                                     feature_group_count=c, precision=hp)
-    return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID", dimension_numbers=dn,
-                                        feature_group_count=c, precision=hp)
+    x = jnp.einsum("oh,bhwc->bowc", jnp.asarray(_band(h, window)), x, precision=hp)
+    return jnp.einsum("pw,bowc->bopc", jnp.asarray(_band(w, window)), x, precision=hp)
 
 
-def _ssim_terms(a: jax.Array, b: jax.Array, window: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _ssim_terms(a: jax.Array, b: jax.Array, window: np.ndarray) -> tuple[jax.Array, jax.Array]:
     """Per-channel mean SSIM and contrast-structure: `[B,H,W,C] x2 -> ([B,C], [B,C])`."""
     c1 = K1**2
     c2 = K2**2
@@ -78,10 +85,11 @@ def _ssim_terms(a: jax.Array, b: jax.Array, window: jax.Array) -> tuple[jax.Arra
     # centring on a shared per-channel mean keeps E[x^2] - mu^2 accurate in float32.
     offset = jnp.mean(a + b, axis=(1, 2), keepdims=True) / 2
     ac, bc = a - offset, b - offset
-    mu_a, mu_b = _filter(ac, window), _filter(bc, window)
-    var_a = _filter(ac * ac, window) - mu_a**2
-    var_b = _filter(bc * bc, window) - mu_b**2
-    cov = _filter(ac * bc, window) - mu_a * mu_b
+    moments = _filter(jnp.concatenate([ac, bc, ac * ac, bc * bc, ac * bc], axis=-1), window)
+    mu_a, mu_b, e_aa, e_bb, e_ab = jnp.split(moments, 5, axis=-1)
+    var_a = e_aa - mu_a**2
+    var_b = e_bb - mu_b**2
+    cov = e_ab - mu_a * mu_b
     cs_map = (2 * cov + c2) / (var_a + var_b + c2)
     mu_a, mu_b = mu_a + offset, mu_b + offset
     lum_map = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
@@ -116,7 +124,7 @@ def ms_ssim(a: jax.Array, b: jax.Array) -> jax.Array:
 
 @jax.jit
 def _ms_ssim(a: jax.Array, b: jax.Array) -> jax.Array:
-    window = jnp.asarray(gaussian_window())
+    window = gaussian_window()
     weights = jnp.asarray(MS_SSIM_WEIGHTS, jnp.float32)
     a, b = a.astype(jnp.float32), b.astype(jnp.float32)
     cs_terms = []

@@ -199,10 +199,23 @@ def preprocess(images: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("already_preprocessed",))
-def inception_features(params, images: jax.Array, already_preprocessed: bool = False):
-    """FID pool features `[B, 2048]` of images `[B, H, W, 3]` in [0, 1] (any size)."""
+def _features(params, images: jax.Array, already_preprocessed: bool) -> jax.Array:
     x = images if already_preprocessed else preprocess(images)
     return InceptionV3().apply({"params": params}, x)
+
+
+def inception_features(params, images: jax.Array, already_preprocessed: bool = False):
+    """FID pool features `[B, 2048]` of images `[B, H, W, 3]` in [0, 1] (any size).
+
+    `already_preprocessed=True` takes `[B, 299, 299, 3]` already in the network's range.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"inception_features: expected images [B, H, W, 3], got shape "
+                         f"{images.shape}")
+    if already_preprocessed and images.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
+        raise ValueError(f"inception_features: preprocessed input must be {INPUT_SIZE}x"
+                         f"{INPUT_SIZE}, got {images.shape[1]}x{images.shape[2]}")
+    return _features(params, images, already_preprocessed)
 
 
 def default_weights_path() -> pathlib.Path:
