@@ -52,7 +52,7 @@ def model_config(resolution: int = 256) -> ml_collections.ConfigDict:
 
     # D: multi-scale patch discriminator.
     m.disc_scales = (1.0, 0.5)
-    m.disc_block_expansion = 64
+    m.disc_block_expansion = 32  # FOMM's width; 64 quadruples D's cost (docs/model.md)
     m.disc_max_features = 512
     m.disc_num_blocks = 4
     m.disc_spectral_norm = False
@@ -89,7 +89,8 @@ def data_config(resolution: int = 256) -> ml_collections.ConfigDict:
     d.clip_length = 4  # T frames per clip in video mode
     d.batch_size = 32  # global batch
     d.eval_batch_size = 16
-    d.workers = 2
+    d.workers = 2  # decoding worker processes (0: in this process)
+    d.read_threads = 2  # reader threads per process (Grain ReadOptions), batches in flight
     d.shuffle_seed = 0
     d.flip = True
     d.color_jitter = 0.1
