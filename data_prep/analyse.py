@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import tempfile
 import time
 import traceback
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from data_prep import video as video_lib
 from data_prep.recipes import VideoItem
-from pechead_jax import face_analyser
+from pechead_jax import face_analyser, fileio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,17 +44,6 @@ def cache_path(cache_dir: str | os.PathLike, video_id: str) -> pathlib.Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in video_id)[-80:]
     digest = hashlib.sha1(video_id.encode()).hexdigest()[:10]
     return pathlib.Path(cache_dir) / f"{safe}-{digest}.npz"
-
-
-def save_npz_atomic(path: pathlib.Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class Worker:
@@ -118,7 +106,7 @@ class Worker:
         if arrays is None:
             raise video_lib.VideoError("face landmarks implausible or missing (no clip left)")
         t = time.perf_counter()
-        save_npz_atomic(cache_path(cache_dir, item.video_id), **arrays)
+        fileio.save_npz(cache_path(cache_dir, item.video_id), **arrays)
         timings["write_cache"] = time.perf_counter() - t
         n_clips = int(arrays["clip"].max()) + 1
         return dict(base, status="ok", clips=n_clips, frames=int(len(arrays["clip"])))

@@ -25,14 +25,13 @@ import functools
 import logging
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from pechead_jax import face_analyser
+from pechead_jax import face_analyser, fileio
 
 POSE_DIM = 6
 POSE_NAMES = ("yaw", "pitch", "roll", "log_scale", "tx", "ty")
@@ -511,14 +510,7 @@ class LandmarkModel:
         arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         arrays["blendshape_names"] = np.asarray(face_analyser.BLENDSHAPE_NAMES)
         arrays["format_version"] = np.asarray(1)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        fileio.save_npz(path, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LandmarkModel:

@@ -13,10 +13,10 @@ import argparse
 import os
 import pathlib
 import sys
-import tempfile
 
 import numpy as np
 
+from pechead_jax import fileio
 from pechead_jax.metrics import inception, weights
 
 BN_EPS = 1e-3
@@ -59,16 +59,7 @@ def convert(torchscript: str | os.PathLike, output: str | os.PathLike) -> pathli
     """Convert and write `output` atomically; returns its path."""
     flat = convert_state_dict(load_torchscript_state(torchscript))
     output = pathlib.Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flat)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    fileio.save_npz(output, **flat)
     inception.load_inception(output)  # the shapes must match the Flax module
     return output
 

@@ -17,10 +17,10 @@ import pathlib
 import pickle
 import re
 import sys
-import tempfile
 
 import numpy as np
 
+from pechead_jax import fileio
 from pechead_jax.models import perceptual
 
 _CONV = re.compile(r"^(?:features\.)?(\d+)\.weight$")
@@ -64,16 +64,7 @@ def load_torch_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def write_npz(flat: dict[str, np.ndarray], output: str | os.PathLike) -> pathlib.Path:
     """Write `flat` to `output` atomically; returns the path."""
     output = pathlib.Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flat)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    fileio.save_npz(output, **flat)
     return output
 
 
