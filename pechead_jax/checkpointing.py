@@ -54,6 +54,28 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The resolved config a run saved in `W/config.json` (JSON lists back to tuples)."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a training workdir (train writes it)")
+
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(tuples(v) for v in x)
+        return x
+
+    return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
+
+
+def run_directory(path: str | os.PathLike) -> pathlib.Path:
+    """A run's workdir from `W` or `W/checkpoints`."""
+    path = pathlib.Path(path)
+    return path.parent if path.name == "checkpoints" else path
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """The config fields, other than `RESUMABLE_FIELDS`, whose values differ."""
     a, b = _flatten(saved), _flatten(json.loads(json.dumps(current, default=str)))
@@ -61,13 +83,17 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_FIELDS:
             continue
-        if a.get(key, "<missing>") != b.get(key, "<missing>"):
-            diffs.append(f"{key}: saved {a.get(key, '<missing>')!r}, now {b.get(key, '<missing>')!r}")
+        old, new = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if old != new:
+            diffs.append(f"{key}: saved {old!r}, now {new!r}")
     return diffs
 
 
-def check_and_save_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Save `W/config.json`; if a run already lives in `W`, refuse a config that changes it.
+def check_and_save_config(
+    workdir: pathlib.Path, config: ml_collections.ConfigDict, write: bool = True
+) -> None:
+    """Save `W/config.json` (if `write`); if a run already lives in `W`, refuse a config that
+    changes it. Every process checks (so all stop together); only one should write.
 
     Raises a ValueError listing every differing field: a resumed run with a different model,
     loss or data layout would silently continue a different experiment.
@@ -80,10 +106,13 @@ def check_and_save_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
                 f"workdir {workdir} holds a run with a different config; resume refused. "
                 "Use a new --workdir, or restore these fields:\n  " + "\n  ".join(diffs)
             )
-    write_atomic(path, config_to_json(config))
+    if write:
+        write_atomic(path, config_to_json(config))
 
 
-def make_manager(workdir: pathlib.Path, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(
+    workdir: pathlib.Path, keep: int, async_save: bool = True
+) -> ocp.CheckpointManager:
     """An orbax manager for `W/checkpoints` keeping the last `keep` steps."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save

@@ -128,6 +128,7 @@ def log_parameter_overview(name: str, params) -> int:
 
 def progress_line(step: int, num_steps: int, metrics: Mapping[str, float], rate: float) -> str:
     """One concise terminal line: step, main losses, samples/s."""
-    keys = ("g/total", "d/total", "g/pixel", "g/perceptual", "nonfinite/skipped")
-    parts = [f"{k.split('/')[-1]}={metrics[k]:.4g}" for k in keys if k in metrics]
+    keys = {"g/total": "G", "d/total": "D", "g/pixel": "pixel", "g/perceptual": "perceptual",
+            "nonfinite/skipped": "skipped"}
+    parts = [f"{name}={metrics[k]:.4g}" for k, name in keys.items() if k in metrics]
     return f"step {step}/{num_steps}  " + "  ".join(parts) + f"  {rate:.2f} samples/s"

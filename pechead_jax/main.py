@@ -8,12 +8,20 @@ coordinator from the environment.
 
 import logging
 import os
+import pathlib
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from pechead_jax import train
+
+# Config files import their shared parts (`from configs import experiment`); `configs/` is a
+# folder of the checkout, not an installed package, so make it importable from any cwd.
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+if (_REPO / "configs").is_dir() and str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -31,6 +39,8 @@ def _multi_host() -> bool:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Orbax reports every checkpoint phase at INFO through absl's logger; keep its warnings.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     if _multi_host():
         jax.distributed.initialize()
     logging.info(
@@ -38,7 +48,15 @@ def main(argv: list[str]) -> None:
         jax.process_index(), jax.process_count(), jax.local_device_count(),
         jax.device_count(), jax.devices()[0].platform,
     )
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
+        # A user's mistake (config, paths, a refused resume) or a diverged run: the message
+        # names the field or file; the traceback would only bury it.
+        raise SystemExit(f"pechead_jax.main: {type(e).__name__}: {e}") from None
+    if summary["preempted"]:
+        logging.warning("stopped by SIGTERM at step %d; rerun the same command to resume",
+                        summary["step"])
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ class NonFiniteError(RuntimeError):
 class TrainState:
     """Everything a resumed run needs, as one pytree (checkpointed as is).
 
-    `nonfinite`: `run` (current streak of skipped steps), `max_run` (longest streak since the
-    last host check), `total` (all skipped steps).
+    `nonfinite`: `run` (current streak of skipped steps), `max_run` (the longest streak so far:
+    the loop reads it only every `log_every` steps, so a streak between reads is not missed),
+    `total` (all skipped steps).
     """
 
     step: Array
@@ -216,6 +217,13 @@ def init_state(config: ml_collections.ConfigDict, parts: Parts, mesh) -> TrainSt
         )
 
     return jax.jit(init, out_shardings=sharding.replicated(mesh))(g_key, d_key, rng)
+
+
+def abstract_state(config: ml_collections.ConfigDict, parts: Parts, mesh) -> TrainState:
+    """The train state's `ShapeDtypeStruct`s, replicated over `mesh` (restore targets)."""
+    shapes = jax.eval_shape(lambda: init_state(config, parts, mesh))
+    rep = sharding.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
 
 
 def _model_args(batch):
@@ -417,10 +425,20 @@ def make_train_step(config: ml_collections.ConfigDict, parts: Parts) -> Callable
     return step_fn
 
 
-def jit_train_step(step_fn: Callable, mesh) -> Callable:
-    """`jax.jit` the step with a replicated, donated state and replicated metrics."""
+def jit_train_step(step_fn: Callable, mesh, traces: list | None = None) -> Callable:
+    """`jax.jit` the step with a replicated, donated state and replicated metrics.
+
+    Each trace (= compilation) of the step appends to `traces` if given: a second one means
+    the batch or state changed shape, dtype or sharding between steps (minutes at 256).
+    """
     rep = sharding.replicated(mesh)
-    return jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
+
+    def train_step(state, batch, perceptual_params):
+        if traces is not None:
+            traces.append(1)
+        return step_fn(state, batch, perceptual_params)
+
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(rep, rep))
 
 
 def make_preview(config: ml_collections.ConfigDict, parts: Parts) -> Callable:
@@ -439,9 +457,10 @@ def image_pairs(batch: Mapping[str, Any]) -> dict:
     return dict(batch)
 
 
-def make_eval_step(config: ml_collections.ConfigDict, parts: Parts) -> Callable:
+def make_eval_step(config: ml_collections.ConfigDict, parts: Parts, mesh=None) -> Callable:
     """Jitted `(params, batch) -> per-sample [B] L1/PSNR` for the model and the
-    copy-the-source baseline (same identity: the driving frame is the target)."""
+    copy-the-source baseline (same identity: the driving frame is the target). With a
+    `mesh` the results are replicated, so every process can read all of them."""
     from pechead_jax.metrics import image as image_metrics
 
     def eval_step(params, batch):
@@ -454,7 +473,8 @@ def make_eval_step(config: ml_collections.ConfigDict, parts: Parts) -> Callable:
             "baseline_psnr": image_metrics.psnr(batch["source"], target),
         }
 
-    return jax.jit(eval_step)
+    out_shardings = sharding.replicated(mesh) if mesh is not None else None
+    return jax.jit(eval_step, out_shardings=out_shardings)
 
 
 # ----------------------------------------------------------------------------- data
@@ -493,7 +513,7 @@ def evaluate(
     eval_config = ml_collections.ConfigDict(config.to_dict())
     eval_config.data.mode = "image"
     eval_config.data.batch_size = config.data.eval_batch_size
-    eval_step = eval_step or make_eval_step(config, parts)
+    eval_step = eval_step or make_eval_step(config, parts, mesh)
     sums: dict[str, float] = {}
     count = 0
     iterator = create_iterator(eval_config, config.train.eval_split, train=False)
@@ -531,12 +551,30 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _all_processes_agree(flag: bool) -> bool:
+    """True on every process if it is true on any: hosts must leave the loop at the same
+    step (SIGTERM and clocks reach them at different steps), or the others would wait in
+    the next step's collectives forever. A no-op with one process."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def _initialise_from(config, state: TrainState, mesh) -> TrainState:
-    """Stage 2: copy the stage-1 checkpoint's G+E, EMA and D parameters where they fit."""
-    raw = checkpointing.load_params(config.train.init_from, None)
-    g, copied, kept = merge_params(state.g_params, raw["g_params"])
-    ema, _, _ = merge_params(state.ema_params, raw["ema_params"])
-    d, _, _ = merge_params(state.d_params, raw["d_params"])
+    """Stage 2: copy the stage-1 checkpoint's G+E, EMA and D parameters where they fit.
+
+    The stage-1 state is restored with the shapes of its own `config.json` onto this run's
+    mesh; its optimizer states and step are not carried over (a new stage, a new schedule).
+    """
+    source_dir = checkpointing.run_directory(config.train.init_from)
+    source_config = checkpointing.read_config(source_dir)
+    source_abstract = abstract_state(source_config, make_parts(source_config), mesh)
+    raw = checkpointing.load_params(source_dir, source_abstract)
+    g, copied, kept = merge_params(state.g_params, raw.g_params)
+    ema, _, _ = merge_params(state.ema_params, raw.ema_params)
+    d, _, _ = merge_params(state.d_params, raw.d_params)
     logging.info("init_from %s: %d tensors copied, %d new (kept at init)",
                  config.train.init_from, copied, kept)
     rep = sharding.replicated(mesh)
@@ -550,7 +588,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train from `config`, resuming from the latest checkpoint in `workdir`.
 
     Returns a summary: the last step, last metrics, last evaluation, whether the run was
-    preempted or hit its time budget, and how many times the step compiled.
+    preempted or hit its time budget, and how many times the step was traced (compiled).
     """
     workdir_path = pathlib.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
@@ -559,26 +597,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.data.batch_size, mesh)
     sharding.check_batch_size(config.data.eval_batch_size, mesh, "eval_batch")
-    if jax.process_index() == 0:
-        checkpointing.check_and_save_config(workdir_path, config)
+    checkpointing.check_and_save_config(workdir_path, config, write=jax.process_index() == 0)
 
     parts = make_parts(config)
     perceptual, perceptual_params = load_perceptual(config)
     parts = dataclasses.replace(parts, perceptual=perceptual)
     perceptual_params = jax.device_put(perceptual_params, sharding.replicated(mesh))
 
-    state = init_state(config, parts, mesh)
     train_iter = create_iterator(config, "train", train=True)
     manager = checkpointing.make_manager(workdir_path, t.keep_checkpoints)
     latest = manager.latest_step()
     if latest is not None:
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
-        )
+        # Restore into the state's shapes and shardings (no need to run the initialisers).
+        abstract = abstract_state(config, parts, mesh)
         state = checkpointing.restore(manager, latest, abstract, train_iter)
         logging.info("resumed from %s at step %d", manager.directory, latest)
-    elif t.init_from:
-        state = _initialise_from(config, state, mesh)
+    else:
+        state = init_state(config, parts, mesh)
+        if t.init_from:
+            state = _initialise_from(config, state, mesh)
+        elif config.model.variant == "full":
+            logging.warning("stage 2 ('full') without config.train.init_from: everything, not "
+                            "only CAP, starts from random weights")
 
     writer = logging_utils.Writer(workdir_path / "tensorboard")
     step = int(jax.device_get(state.step))
@@ -589,9 +629,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         }
         writer.text(0, "parameters", ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
 
-    train_step = jit_train_step(make_train_step(config, parts), mesh)
+    traces: list[int] = []
+    train_step = jit_train_step(make_train_step(config, parts), mesh, traces)
     preview = make_preview(config, parts)
-    eval_step = make_eval_step(config, parts)
+    eval_step = make_eval_step(config, parts, mesh)
     start_time = time.monotonic()
     budget = 60.0 * t.time_budget_minutes if t.time_budget_minutes > 0 else math.inf
     summary: dict[str, Any] = {"preempted": False, "time_budget_reached": False}
@@ -602,13 +643,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     with _Preemption() as preemption:
         while step < t.num_steps:
-            batch = sharding.put_batch(_select(next(train_iter)), mesh)
+            host_batch = _select(next(train_iter))
+            batch = sharding.put_batch(host_batch, mesh)
             state, metrics = train_step(state, batch, perceptual_params)
             step += 1
             window_steps += 1
             last = step == t.num_steps
             out_of_time = time.monotonic() - start_time >= budget
-            stop = preemption.requested.is_set() or out_of_time
+            stop = _all_processes_agree(preemption.requested.is_set() or out_of_time)
             if step % t.log_every == 0 or last or stop:
                 metrics_np = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 max_run = int(jax.device_get(state.nonfinite["max_run"]))
@@ -632,8 +674,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 logging.info(logging_utils.progress_line(step, t.num_steps, metrics_np, rate))
                 window_start, window_steps = time.monotonic(), 0
             if t.sample_every and (step % t.sample_every == 0 or last):
-                _write_samples(writer, step, preview, state.ema_params, batch)
-            if t.eval_every and (step % t.eval_every == 0 or last):
+                _write_samples(writer, step, preview, state.ema_params, host_batch)
+            if t.eval_every and (step % t.eval_every == 0 or last or stop):
                 last_eval = evaluate(config, parts, state.ema_params, mesh, eval_step)
                 writer.scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
                 logging.info("eval at step %d: %s", step, last_eval)
@@ -651,17 +693,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "step": step,
         "metrics": metrics_np,
         "eval": last_eval,
-        "compiles": train_step._cache_size(),
+        "compiles": len(traces),
         "seconds": time.monotonic() - start_time,
     })
     summary["state"] = state
     return summary
 
 
-def _write_samples(writer, step: int, preview: Callable, params: PyTree, batch: dict) -> None:
-    pairs = image_pairs(batch)
+def _write_samples(writer, step: int, preview: Callable, params: PyTree,
+                   host_batch: dict[str, np.ndarray]) -> None:
+    """The sample grid of the first rows of this process's part of the batch."""
+    pairs = image_pairs(host_batch)
     rows = min(4, pairs["source"].shape[0])
-    host = {k: np.asarray(jax.device_get(v))[:rows] for k, v in pairs.items()}
+    host = {k: np.asarray(v)[:rows] for k, v in pairs.items()}
     out = jax.device_get(preview(params, host))
     writer.image(step, "samples", logging_utils.training_grid(host, out, rows))
 
