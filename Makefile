@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-12)
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+# pytest-xdist workers; one test file per worker (module fixtures are built once).
+TEST_WORKERS ?= 2
 
 .PHONY: venv test lint demo bench clean
 
@@ -22,7 +24,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(STAMP)
 	$(BIN)/python -m pechead_jax.demo --workdir workdirs/demo

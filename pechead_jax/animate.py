@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pechead_jax import face_analyser, fileio
+from pechead_jax.logging_utils import to_uint8
 
 EDIT_FPS = 10.0  # frame rate of an edit written as mp4
 
@@ -195,36 +196,14 @@ def edit_motion(source, yaw=None, pitch=None, roll=None, expression: dict | None
 # ----------------------------------------------------------------------------- outputs
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(frames, np.float64) * 255), 0, 255).astype(np.uint8)
-
-
 def write_png(path: str | pathlib.Path, tiles: Sequence[np.ndarray]) -> None:
     """Frames `[res,res,3]` in [0, 1] side by side as one PNG, atomically."""
-    import cv2
-
-    strip = np.concatenate([to_uint8(t) for t in tiles], axis=1)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    fileio.write_bytes(path, data.tobytes())
+    fileio.write_png(path, np.concatenate([to_uint8(t) for t in tiles], axis=1))
 
 
 def write_mp4(path: str | pathlib.Path, columns: Sequence[np.ndarray], fps: float) -> None:
     """Videos `[T,H,W,3]` in [0, 1] side by side as one mp4 (mp4v), atomically."""
-    import cv2
-
-    frames = np.concatenate([to_uint8(c) for c in columns], axis=2)
-    h, w = frames.shape[1:3]
-    with fileio.atomic_path(path) as tmp:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write {path} (mp4v)")
-        try:
-            for frame in frames:
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        finally:
-            writer.release()
+    fileio.write_mp4(path, np.concatenate([to_uint8(c) for c in columns], axis=2), fps)
 
 
 # ----------------------------------------------------------------------------- the command

@@ -32,6 +32,8 @@ import time
 
 from absl import app, flags
 
+from pechead_jax import fileio
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdirs/demo", "Where the dataset, checkpoints and outputs go.")
 flags.DEFINE_float("time_budget_minutes", None, "Override configs/demo.py's training budget.")
@@ -71,12 +73,6 @@ def feat_data_dir() -> pathlib.Path:
     return path
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- 1. data
 
 
@@ -113,7 +109,7 @@ def build_dataset(workdir: pathlib.Path, resolution: int, workers: int) -> pathl
     ])
     if summary.get("splits", {}).get("test", {}).get("clips", 0) < 1:
         raise SystemExit(f"demo: data_prep produced no test clip: {summary}")
-    _write_atomic(stamp, json.dumps(summary, indent=1).encode())
+    fileio.write_text(stamp, json.dumps(summary, indent=1))
     logging.info("[1/3 data] done in %.0f s: %s", time.monotonic() - t0,
                  {s: v.get("frames") for s, v in summary["splits"].items()})
     return data
@@ -154,7 +150,7 @@ def train_model(workdir: pathlib.Path, config) -> dict:
                                    "preempted", "metrics")}
     if summary["preempted"]:
         raise SystemExit("demo: training was interrupted (SIGTERM); rerun to resume")
-    _write_atomic(stamp, json.dumps(out, indent=1).encode())
+    fileio.write_text(stamp, json.dumps(out, indent=1))
     logging.info("[2/3 train] %d steps in %.0f s", out["step"], out["seconds"])
     return out
 
@@ -182,30 +178,17 @@ def _big(frame):
 def write_video(path: pathlib.Path, columns: dict, fps: float) -> None:
     """Frames of `columns` (name -> `[T,H,W,3]` in [0,1]) side by side, labelled, as mp4
     (written to a temporary file, then renamed)."""
-    import cv2
     import numpy as np
 
     names = list(columns)
-    t = len(columns[names[0]])
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    writer = None
-    try:
-        for i in range(t):
-            row = np.concatenate([_label(_big(columns[n][i]), n) for n in names], axis=1)
-            if writer is None:
-                h, w = row.shape[:2]
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise RuntimeError(f"OpenCV cannot write {tmp} (mp4v)")
-            writer.write(cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
-    finally:
-        if writer is not None:
-            writer.release()
-    os.replace(tmp, path)
+    rows = (
+        np.concatenate([_label(_big(columns[n][i]), n) for n in names], axis=1)
+        for i in range(len(columns[names[0]]))
+    )
+    fileio.write_mp4(path, rows, fps)
 
 
 def write_outputs(workdir: pathlib.Path, config, train_summary: dict) -> dict:
-    import cv2
     import numpy as np
 
     from pechead_jax import inference, input_pipeline
@@ -253,10 +236,7 @@ def write_outputs(workdir: pathlib.Path, config, train_summary: dict) -> dict:
     sweep = animator.edit_pose(source, yaw=np.radians(YAW_DEGREES))
     tiles = [_label(_big(source.image), "source")]
     tiles += [_label(_big(f), f"yaw {d:+d}") for d, f in zip(YAW_DEGREES, sweep)]
-    ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate(tiles, 1), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("PNG encoding of the yaw sweep failed")
-    _write_atomic(workdir / "yaw_sweep.png", png.tobytes())
+    fileio.write_png(workdir / "yaw_sweep.png", np.concatenate(tiles, 1))
 
     result = {
         "step": train_summary["step"],
@@ -272,7 +252,7 @@ def write_outputs(workdir: pathlib.Path, config, train_summary: dict) -> dict:
         "source_yaw_degrees": round(float(np.degrees(source.pose[0])), 2),
         "files": ["reenactment.mp4", "yaw_sweep.png", "metrics.json", "tensorboard/"],
     }
-    _write_atomic(metrics_path, (json.dumps(result, indent=1) + "\n").encode())
+    fileio.write_text(metrics_path, json.dumps(result, indent=1) + "\n")
     logging.info("[3/3 outputs] held-out L1 %.4f / PSNR %.2f dB; copy-the-source baseline "
                  "L1 %.4f / PSNR %.2f dB", mean["l1"], mean["psnr"], mean["baseline_l1"],
                  mean["baseline_psnr"])

@@ -364,7 +364,7 @@ def make_train_step(config: ml_collections.ConfigDict, parts: Parts) -> Callable
         )
         g_updates, g_opt_state = parts.g_tx.update(g_grads, state.g_opt_state, state.g_params)
         g_params = optax.apply_updates(state.g_params, g_updates)
-        g_norm = optax.global_norm(g_grads)
+        g_norm = optax.tree.norm(g_grads)
 
         metrics = {f"g/{k}": v for k, v in terms.items()}
         metrics["g/total"] = g_total
@@ -389,7 +389,7 @@ def make_train_step(config: ml_collections.ConfigDict, parts: Parts) -> Callable
             d_params = {
                 **state.d_params, "params": optax.apply_updates(state.d_params["params"], d_updates)
             }
-            d_norm = optax.global_norm(d_grads)
+            d_norm = optax.tree.norm(d_grads)
             metrics.update({"d/total": d_total, "grad_norm/d": d_norm})
             metrics.update({f"d/{k}": v for k, v in d_aux.items()})
             finite &= jnp.isfinite(d_total) & jnp.isfinite(d_norm)
