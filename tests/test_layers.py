@@ -144,3 +144,42 @@ def test_resblock_and_blocks_shapes():
     ):
         params = jax.eval_shape(block.init, jax.random.key(0), x)
         assert jax.eval_shape(block.apply, params, x).shape == shape
+
+
+@pytest.mark.parametrize(
+    "kernel_size,padding,out_channels",
+    [((7, 7), "SAME", 3), ((3, 3), "SAME", 16), ((4, 2), "SAME", 5), ((3, 3), "VALID", 2),
+     ((3, 3), ((2, 0), (1, 1)), 4), ((3, 3), "SAME", 17)],
+)
+def test_head_conv_matches_lax_value_and_gradients(kernel_size, padding, out_channels):
+    """`layers.conv_general_dilated` (custom kernel gradient for narrow heads) is lax's conv."""
+    kx, kk, kc = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, (2, 11, 9, 6), jnp.float32)
+    kernel = jax.random.normal(kk, (*kernel_size, 6, out_channels), jnp.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def ours(x, k):
+        return layers.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dn)
+
+    def reference(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dn)
+
+    y = ours(x, kernel)
+    np.testing.assert_allclose(y, reference(x, kernel), rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(kc, y.shape, jnp.float32)
+    got = jax.vjp(ours, x, kernel)[1](cot)
+    want = jax.vjp(reference, x, kernel)[1](cot)
+    for g, w, name in zip(got, want, ("input", "kernel")):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_head_conv_keeps_the_flax_parameter_tree():
+    import flax.linen as nn
+
+    x = jnp.ones((1, 8, 8, 4))
+    plain = nn.Conv(3, (7, 7)).init(jax.random.key(0), x)
+    head = nn.Conv(3, (7, 7), conv_general_dilated=layers.conv_general_dilated)
+    params = head.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, plain)
+    np.testing.assert_allclose(head.apply(params, x), nn.Conv(3, (7, 7)).apply(params, x),
+                               rtol=1e-5, atol=1e-5)

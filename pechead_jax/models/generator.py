@@ -10,6 +10,8 @@ from pechead_jax.models import layers
 from pechead_jax.models.motion import resize_flow
 
 Array = jax.Array
+# Head convolutions (few output channels) take their kernel gradient by one matmul.
+_conv = layers.conv_general_dilated
 
 # Motion names each variant uses, in the order fusion weights refer to them.
 VARIANT_MOTIONS = {
@@ -63,9 +65,10 @@ class MotionAwareFusion(nn.Module):
         x = jnp.concatenate(
             [w.astype(self.dtype) for w in (*warped, *displacements, *occlusions)], axis=-1
         )
-        x = nn.Conv(max(8, c // 4), (3, 3), dtype=self.dtype)(x)
+        x = nn.Conv(max(8, c // 4), (3, 3), dtype=self.dtype, conv_general_dilated=_conv)(x)
         x = nn.relu(layers.Norm(self.dtype)(x))
-        logits = nn.Conv(len(warped), (3, 3), dtype=self.dtype)(x).astype(jnp.float32)
+        head = nn.Conv(len(warped), (3, 3), dtype=self.dtype, conv_general_dilated=_conv)
+        logits = head(x).astype(jnp.float32)
         weights = jax.nn.softmax(logits, axis=-1)
         fused = sum(weights[..., i : i + 1].astype(w.dtype) * w for i, w in enumerate(warped))
         return fused, weights
@@ -242,5 +245,5 @@ class Decoder(nn.Module):
                 previous = layers.warp(context.astype(y.dtype), cap_grid)
                 y, new_context = ContextPropagation(self.cap_features, self.dtype)(y, previous)
                 new_context = new_context.astype(jnp.float32)
-        image = nn.Conv(3, (7, 7), dtype=self.dtype)(y)
+        image = nn.Conv(3, (7, 7), dtype=self.dtype, conv_general_dilated=_conv)(y)
         return nn.sigmoid(image.astype(jnp.float32)), new_context

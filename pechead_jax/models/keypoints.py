@@ -7,6 +7,8 @@ import jax.numpy as jnp
 from pechead_jax.models import layers
 
 Array = jax.Array
+# Head convolutions (few output channels) take their kernel gradient by one matmul.
+_conv = layers.conv_general_dilated
 
 
 def make_condition(pose: Array, expression: Array) -> Array:
@@ -75,5 +77,7 @@ class KeypointEstimator(nn.Module):
         features = layers.Hourglass(
             self.block_expansion, self.max_features, self.num_blocks, self.dtype
         )(x, embedding)
-        logits = nn.Conv(self.num_keypoints, (7, 7), dtype=self.dtype)(features)
+        logits = nn.Conv(
+            self.num_keypoints, (7, 7), dtype=self.dtype, conv_general_dilated=_conv
+        )(features)
         return expected_coordinates(logits, self.temperature)

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 from pechead_jax.models import layers
 
 Array = jax.Array
+# Head convolutions (few output channels) take their kernel gradient by one matmul.
+_conv = layers.conv_general_dilated
 
 
 def resize_flow(flow: Array, shape: tuple[int, int]) -> Array:
@@ -86,13 +88,16 @@ class DenseMotion(nn.Module):
         )(inputs)
         # 3x3 heads: the features are wide (decoder + all N+1 deformed sources), and a 7x7
         # head over them would cost as much as the whole hourglass.
-        logits = nn.Conv(n + 1, (3, 3), dtype=self.dtype)(features).astype(jnp.float32)
+        head = nn.Conv(n + 1, (3, 3), dtype=self.dtype, conv_general_dilated=_conv)
+        logits = head(features).astype(jnp.float32)
         masks = jax.nn.softmax(logits, axis=-1)
         flow = jnp.einsum("bhwk,bkhwc->bhwc", masks, motions)
 
         occlusions = []
         if self.use_occlusion:
-            occ_logits = nn.Conv(self.num_levels, (3, 3), dtype=self.dtype)(features)
+            occ_logits = nn.Conv(
+                self.num_levels, (3, 3), dtype=self.dtype, conv_general_dilated=_conv
+            )(features)
             occ_logits = occ_logits.astype(jnp.float32)
             for level in range(self.num_levels):
                 shape = (height // 2**level, width // 2**level)
