@@ -7,12 +7,13 @@ Layout of a workdir `W`: `W/checkpoints/<step>/{state,data}`, `W/config.json`.
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import grain
 import ml_collections
 import orbax.checkpoint as ocp
+
+from pechead_jax import fileio
 
 # Fields that may differ between a run and its resume: they change how long or how often
 # things happen, never the shapes or the meaning of the saved state.
@@ -43,15 +44,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def config_to_json(config: ml_collections.ConfigDict) -> str:
     """The resolved config as JSON (tuples become lists)."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -107,7 +99,7 @@ def check_and_save_config(
                 "Use a new --workdir, or restore these fields:\n  " + "\n  ".join(diffs)
             )
     if write:
-        write_atomic(path, config_to_json(config))
+        fileio.write_text(path, config_to_json(config))
 
 
 def make_manager(
