@@ -9,7 +9,6 @@ import os
 import pathlib
 
 import cv2
-import jax
 import numpy as np
 import pytest
 import skimage.data
@@ -23,22 +22,7 @@ RES = 64  # the tiny model's resolution
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation(tmp_path_factory):
-    """The Animator's program compiles once for evaluate and animate (persistent cache); rbg
-    keys make parameter initialisation compile faster."""
-    settings = {
-        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-        "jax_persistent_cache_min_entry_size_bytes": 0,
-        "jax_default_prng_impl": "unsafe_rbg",
-    }
-    old = {n: getattr(jax.config, n) for n in settings}
-    for n, v in settings.items():
-        jax.config.update(n, v)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import signal
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from test_records import make_clip, real_frames
 
 from configs import common
@@ -19,23 +18,7 @@ FRAMES = 5  # per clip: enough for video mode (clip_length 3 + 1)
 CLIPS = 8  # per split: one evaluation batch of 8 (one sample per clip)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation(tmp_path_factory):
-    """Identical programs (the same config in several runs) compile once per module, and the
-    rbg generator compiles parameter initialisation several times faster than threefry."""
-    settings = {
-        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-        "jax_persistent_cache_min_entry_size_bytes": 0,
-        "jax_default_prng_impl": "unsafe_rbg",
-    }
-    old = {n: getattr(jax.config, n) for n in settings}
-    for n, v in settings.items():
-        jax.config.update(n, v)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()  # later modules start without this module's cache
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")
