@@ -299,12 +299,17 @@ def generator_losses(
         from pechead_jax.models import layers
 
         warped = layers.warp(source, losses.tps_grid(tps, *source.shape[1:3]))
-        both = parts.model.apply(
-            {"params": g_params}, jnp.concatenate([source, warped]),
-            jnp.concatenate([source_cond, source_cond]), method=PECHead.keypoints,
+        if "source_keypoints" in out:  # frame pairs: E(source) is already in the forward
+            images, conds = warped, source_cond
+        else:  # clips: `animate` does not return the source keypoints
+            images = jnp.concatenate([source, warped])
+            conds = jnp.concatenate([source_cond, source_cond])
+        points = parts.model.apply(
+            {"params": g_params}, images, conds, method=PECHead.keypoints
         ).astype(jnp.float32)
         b = source.shape[0]
-        terms["equivariance"] = losses.equivariance_loss(both[:b], both[b:], tps)
+        original = out["source_keypoints"].astype(jnp.float32) if b == len(points) else points[:b]
+        terms["equivariance"] = losses.equivariance_loss(original, points[-b:], tps)
     if "warped" in out and lc.warp > 0:
         terms["warp"] = sum(
             losses.warp_loss(w.astype(jnp.float32), target, lc.warp_scales)
