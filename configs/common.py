@@ -23,7 +23,9 @@ def model_config(resolution: int = 256) -> ml_collections.ConfigDict:
     m.expression_dim = 52
     m.condition_features = 256  # width of the condition embedding (FiLM in E)
 
-    # E: learned keypoints.
+    # E: learned keypoints. 'pose': 3D points on the source image, re-posed by R's pose and
+    # deformed by the expression (the default); 'film': the FiLM-conditioned E of wave 1.
+    m.keypoints = "pose"
     m.num_keypoints = 15
     m.kp_scale = 0.25  # E runs on the image resized by this factor (64x64 at 256)
     m.kp_block_expansion = 32
@@ -39,7 +41,15 @@ def model_config(resolution: int = 256) -> ml_collections.ConfigDict:
     m.motion_block_expansion = 64
     m.motion_max_features = 1024
     m.motion_num_blocks = 5
-    m.heatmap_variance = 0.01  # Gaussian variance of point heatmaps, in normalised coords^2
+    m.heatmap_variance = 0.01  # Gaussian variance of keypoint heatmaps, normalised coords^2
+    # Landmarks: finer heatmaps at a finer motion size, so that upper and lower eyelid and
+    # lip points are separable (measured in docs/model.md, "Landmarks").
+    m.landmark_heatmap_variance = 0.0005
+    m.landmark_motion_scale = 0.5
+    # First-order motion: each point's local affine (and the head's rigid motion as one
+    # more candidate) from R's source -> driving pose; False: translations only.
+    m.local_affine = True
+    m.head_motion = True
 
     # G: encoder pyramid, MMFA, decoder, CAP.
     m.block_expansion = 64
@@ -49,6 +59,10 @@ def model_config(resolution: int = 256) -> ml_collections.ConfigDict:
     m.use_occlusion = True
     m.cap_features = 64  # channels of the propagated decoder context (CAP)
     m.cap_level = 1  # decoder pyramid level CAP works at (0 = full resolution)
+    # Output = blend * (source warped by the fused flow) + (1 - blend) * decoded; the blend
+    # starts at sigmoid(blend_bias) (docs/model.md, "Composited output"). False: decoded only.
+    m.composite = True
+    m.blend_bias = 8.0
 
     # D: multi-scale patch discriminator.
     m.disc_scales = (1.0, 0.5)
@@ -76,6 +90,9 @@ def loss_config() -> ml_collections.ConfigDict:
     c.tps_points = 5
     c.warp = 1.0
     c.warp_scales = (1.0, 0.5, 0.25)
+    # Temporal consistency (stage 2, `full` only): consecutive outputs must change as the
+    # real frames do, after warping by CAP's inter-frame flow (docs/losses.md).
+    c.temporal = 0.0
     c.gan = 1.0
     c.feature_matching = 10.0
     return c
@@ -153,6 +170,7 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     m.motion_block_expansion = 8
     m.motion_max_features = 32
     m.motion_num_blocks = 3
+    m.landmark_motion_scale = 0.5
     m.block_expansion = 8
     m.max_features = 32
     m.num_down_blocks = 2

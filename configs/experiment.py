@@ -47,6 +47,7 @@ def apply_stage(config: ml_collections.ConfigDict, stage: str, variant: str, ini
         config.data.mode = "video"
         config.train.stage = 2
         config.train.init_from = init
+        config.loss.temporal = 1.0
         # A short stage: CAP is new, the rest starts from stage 1.
         config.train.num_steps = config.train.num_steps // 4
         config.train.warmup_steps = 500
@@ -77,6 +78,7 @@ def make(arg: str | None, root: str) -> ml_collections.ConfigDict:
         config.model.num_down_blocks = 3
         config.model.kp_scale = 0.125
         config.model.motion_scale = 0.125
+        config.model.landmark_motion_scale = 0.25
         config.model.cap_level = 2
         config.data.batch_size = 16
         config.data.eval_batch_size = 8

@@ -136,8 +136,9 @@ def train_model(workdir: pathlib.Path, config) -> dict:
     if stamp.is_file():
         logging.info("[2/3 train] already trained (%s; delete it to train further)", stamp)
         return json.loads(stamp.read_text())
-    logging.info("[2/3 train] configs/demo.py for at most %.1f minutes (%d steps max)",
-                 config.train.time_budget_minutes, config.train.num_steps)
+    logging.info("[2/3 train] configs/demo.py for %d steps%s", config.train.num_steps,
+                 f" (at most {config.train.time_budget_minutes:.1f} minutes)"
+                 if config.train.time_budget_minutes else "")
     try:
         summary = train.train_and_evaluate(config, str(workdir))
     except ValueError as e:

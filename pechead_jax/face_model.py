@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pechead_jax import face_analyser, fileio
+from pechead_jax.models.geometry import rotation_matrix
 
 POSE_DIM = 6
 POSE_NAMES = ("yaw", "pitch", "roll", "log_scale", "tx", "ty")
@@ -85,21 +86,6 @@ BLENDSHAPE_MIRROR = _blendshape_mirror()
 
 
 # ----------------------------------------------------------------------------- rotations
-
-
-def rotation_matrix(yaw, pitch, roll):
-    """Rz(roll) @ Ry(yaw) @ Rx(pitch) for angles `[...]` (radians) -> `[..., 3, 3]` (jnp)."""
-    yaw, pitch, roll = (jnp.asarray(a, jnp.float32) for a in (yaw, pitch, roll))
-    cy, sy = jnp.cos(yaw), jnp.sin(yaw)
-    cp, sp = jnp.cos(pitch), jnp.sin(pitch)
-    cr, sr = jnp.cos(roll), jnp.sin(roll)
-    # The product written out (rows), so it stays cheap and differentiable under jit.
-    rows = [
-        [cr * cy, cr * sy * sp - sr * cp, cr * sy * cp + sr * sp],
-        [sr * cy, sr * sy * sp + cr * cp, sr * sy * cp - cr * sp],
-        [-sy, cy * sp, cy * cp],
-    ]
-    return jnp.stack([jnp.stack(r, axis=-1) for r in rows], axis=-2)
 
 
 def euler_angles(rotation: np.ndarray) -> np.ndarray:

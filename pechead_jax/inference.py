@@ -114,22 +114,10 @@ class Animator:
     # -- the model calls (jitted once per shape)
 
     @functools.cached_property
-    def _frames_fn(self):
-        def run(params, source, source_cond, source_lmk, driving_cond, driving_lmk):
-            b = driving_cond.shape[0]
-
-            def tile(x):
-                return jnp.broadcast_to(x, (b, *x.shape[1:]))
-
-            return self.model.apply(
-                {"params": params}, tile(source), tile(source_cond), driving_cond,
-                tile(source_lmk), driving_lmk,
-            )["image"]
-
-        return jax.jit(run)
-
-    @functools.cached_property
     def _clip_fn(self):
+        """One source, driving `[T,C]` and `[T,N,2]` -> frames `[T,H,W,3]` (`animate`: E and
+        the source encoder run once; for `full` a scan carries CAP's context)."""
+
         def run(params, source, source_cond, source_lmk, driving_cond, driving_lmk):
             return self.model.apply(
                 {"params": params}, source, source_cond, source_lmk, driving_cond[None],
@@ -183,8 +171,8 @@ class Animator:
         driving_cond = np.concatenate([driving_cond, np.repeat(driving_cond[-1:], pad, 0)])
         landmarks = np.concatenate([landmarks, np.repeat(landmarks[-1:], pad, 0)])
         outs = [
-            np.asarray(self._frames_fn(self.params, image, source_cond, source_lmk,
-                                       driving_cond[i:i + chunk], landmarks[i:i + chunk]))
+            np.asarray(self._clip_fn(self.params, image, source_cond, source_lmk,
+                                     driving_cond[i:i + chunk], landmarks[i:i + chunk]))
             for i in range(0, t + pad, chunk)
         ]
         return np.concatenate(outs)[:t].astype(np.float32)

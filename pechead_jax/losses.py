@@ -2,7 +2,8 @@
 
 Lp `pixel_loss`, Lv `perceptual_loss`, Lk `keypoint_spread_loss`, Le `equivariance_loss`
 (with the random thin-plate-spline warp `sample_tps` / `tps_grid` / `tps_transform_points`),
-Lw `warp_loss`, and the GAN terms `hinge_g_loss`, `hinge_d_loss`, `feature_matching_loss`.
+Lw `warp_loss`, the temporal consistency `temporal_loss` (stage 2), and the GAN terms
+`hinge_g_loss`, `hinge_d_loss`, `feature_matching_loss`.
 Every function returns a float32 scalar. Reductions, weights and reasons: docs/losses.md.
 Images are `[N,H,W,3]` in [0, 1]; points are (x, y) in [-1, 1] as everywhere in the project.
 """
@@ -82,6 +83,34 @@ def warp_loss(warped: Array, target: Array, scales: Sequence[float]) -> Array:
         raise ValueError("warp_loss: scales is empty")
     pairs = zip(layers.image_pyramid(warped, scales), layers.image_pyramid(target, scales))
     return sum(_l1(w, t) for w, t in pairs) / len(scales)
+
+
+def temporal_loss(generated: Array, target: Array, previous_grid: Array) -> Array:
+    """Temporal consistency over clips `generated`, `target` `[B,T,H,W,3]`.
+
+    With `previous_grid [B,T,H,W,2]` the grid from frame t to frame t-1 (CAP's inter-frame
+    flow, `PECHead.animate`), each frame's change from its warped predecessor must match
+    the real clip's change under the same warp:
+    `mean |(g_t - W(g_{t-1})) - (x_t - W(x_{t-1}))|` over t >= 1. Flicker (a change the real
+    clip does not make) costs; real motion and lighting changes do not. The grid is a
+    constant here (the flow is trained by the other terms).
+    """
+    _check_same_shape("temporal_loss", generated, target)
+    b, t, h, w, c = generated.shape
+    if t < 2:
+        raise ValueError(f"temporal_loss: clips need at least 2 frames, got T={t}")
+    if previous_grid.shape != (b, t, h, w, 2):
+        raise ValueError(
+            f"temporal_loss: previous_grid must be {(b, t, h, w, 2)}, got {previous_grid.shape}"
+        )
+    grid = jax.lax.stop_gradient(previous_grid[:, 1:].reshape(b * (t - 1), h, w, 2))
+
+    def change(x):
+        x = x.astype(jnp.float32)
+        prev = layers.warp(x[:, :-1].reshape(b * (t - 1), h, w, c), grid)
+        return x[:, 1:].reshape(b * (t - 1), h, w, c) - prev
+
+    return _l1(change(generated), change(target))
 
 
 # ----------------------------------------------------------------------------- keypoints

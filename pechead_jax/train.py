@@ -27,16 +27,13 @@ import numpy as np
 import optax
 
 from pechead_jax import checkpointing, logging_utils, sharding
-from pechead_jax.models.pechead import PECHead
+from pechead_jax.models import pechead
+from pechead_jax.models.pechead import BATCH_KEYS, PECHead, apply_to_batch, conditions
 
 Array = jax.Array
 PyTree = Any
 
 IMAGE_KEYS = ("source", "driving")
-BATCH_KEYS = (
-    "source", "driving", "source_pose", "driving_pose", "source_expression",
-    "driving_expression", "source_landmarks", "driving_landmarks",
-)
 
 
 class NonFiniteError(RuntimeError):
@@ -93,6 +90,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.data.resolution={config.data.resolution} differs from "
             f"config.model.resolution={config.model.resolution}"
+        )
+    # A loss term the variant cannot provide is refused, not silently dropped.
+    if config.loss.temporal > 0 and variant != "full":
+        raise ValueError(
+            f"config.loss.temporal={config.loss.temporal} needs consecutive frames from CAP, "
+            f"which config.model.variant={variant!r} does not provide (only 'full' does): "
+            "set config.loss.temporal=0"
         )
     t = config.train
     if t.lr_schedule not in ("constant", "cosine"):
@@ -153,42 +157,9 @@ def load_perceptual(config: ml_collections.ConfigDict) -> tuple[nn.Module | None
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch: int = 1) -> dict[str, np.ndarray]:
-    """Zeros shaped like a batch of `config.data.mode` (docs/interfaces.md)."""
-    m = config.model
-    r = m.resolution
-    t = (config.data.clip_length,) if config.data.mode == "video" else ()
-    shapes = {
-        "source": (batch, r, r, 3),
-        "source_pose": (batch, m.pose_dim),
-        "source_expression": (batch, m.expression_dim),
-        "source_landmarks": (batch, m.num_landmarks, 2),
-    }
-    shapes.update({k.replace("source", "driving"): (batch, *t, *s[1:]) for k, s in shapes.items()})
-    return {k: np.zeros(s, np.float32) for k, s in shapes.items()}
-
-
-def conditions(batch: Mapping[str, Array]) -> tuple[Array, Array]:
-    """(source_cond `[B,C]`, driving_cond `[B,C]` or `[B,T,C]`) from pose + expression."""
-    from pechead_jax.models.keypoints import make_condition
-
-    return (
-        make_condition(batch["source_pose"], batch["source_expression"]),
-        make_condition(batch["driving_pose"], batch["driving_expression"]),
-    )
-
-
-def generate(model: PECHead, params: PyTree, batch: Mapping[str, Array]) -> dict:
-    """Run G on a batch: `__call__` for frame pairs, `animate` for clips."""
-    source_cond, driving_cond = conditions(batch)
-    if batch["driving"].ndim == 5:
-        return model.apply(
-            {"params": params}, batch["source"], source_cond, batch["source_landmarks"],
-            driving_cond, batch["driving_landmarks"], method=PECHead.animate,
-        )
-    return model.apply(
-        {"params": params}, batch["source"], source_cond, driving_cond,
-        batch["source_landmarks"], batch["driving_landmarks"],
-    )
+    """Zeros shaped like a batch of `config.data.mode` (`pechead.dummy_batch`)."""
+    clip = config.data.clip_length if config.data.mode == "video" else None
+    return pechead.dummy_batch(config.model, batch, clip)
 
 
 def init_state(config: ml_collections.ConfigDict, parts: Parts, mesh) -> TrainState:
@@ -199,7 +170,7 @@ def init_state(config: ml_collections.ConfigDict, parts: Parts, mesh) -> TrainSt
 
     def init(g_key, d_key, rng):
         g_params = parts.model.init(
-            {"params": g_key}, *_model_args(batch),
+            {"params": g_key}, *pechead.model_inputs(batch),
             method=PECHead.animate if config.data.mode == "video" else None,
         )["params"]
         frames = batch["driving"].reshape(-1, *batch["driving"].shape[-3:])
@@ -224,15 +195,6 @@ def abstract_state(config: ml_collections.ConfigDict, parts: Parts, mesh) -> Tra
     shapes = jax.eval_shape(lambda: init_state(config, parts, mesh))
     rep = sharding.replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
-
-
-def _model_args(batch):
-    source_cond, driving_cond = conditions(batch)
-    if batch["driving"].ndim == 5:
-        return (batch["source"], source_cond, batch["source_landmarks"], driving_cond,
-                batch["driving_landmarks"])
-    return (batch["source"], source_cond, driving_cond, batch["source_landmarks"],
-            batch["driving_landmarks"])
 
 
 def merge_params(target: PyTree, source: PyTree) -> tuple[PyTree, int, int]:
@@ -272,7 +234,7 @@ def generator_losses(
     from pechead_jax import losses
 
     lc = config.loss
-    out = generate(parts.model, g_params, batch)
+    out = apply_to_batch(parts.model, g_params, batch)
     generated = _frames(out["image"]).astype(jnp.float32)
     target = _frames(batch["driving"])
     terms = {"pixel": losses.pixel_loss(generated, target)}
@@ -299,21 +261,19 @@ def generator_losses(
         from pechead_jax.models import layers
 
         warped = layers.warp(source, losses.tps_grid(tps, *source.shape[1:3]))
-        if "source_keypoints" in out:  # frame pairs: E(source) is already in the forward
-            images, conds = warped, source_cond
-        else:  # clips: `animate` does not return the source keypoints
-            images = jnp.concatenate([source, warped])
-            conds = jnp.concatenate([source_cond, source_cond])
         points = parts.model.apply(
-            {"params": g_params}, images, conds, method=PECHead.keypoints
+            {"params": g_params}, warped, source_cond, method=PECHead.detect
         ).astype(jnp.float32)
-        b = source.shape[0]
-        original = out["source_keypoints"].astype(jnp.float32) if b == len(points) else points[:b]
-        terms["equivariance"] = losses.equivariance_loss(original, points[-b:], tps)
-    if "warped" in out and lc.warp > 0:
+        original = out["source_keypoints"].astype(jnp.float32)
+        terms["equivariance"] = losses.equivariance_loss(original, points, tps)
+    if lc.warp > 0:
         terms["warp"] = sum(
-            losses.warp_loss(w.astype(jnp.float32), target, lc.warp_scales)
+            losses.warp_loss(_frames(w).astype(jnp.float32), target, lc.warp_scales)
             for w in out["warped"].values()
+        )
+    if lc.temporal > 0:
+        terms["temporal"] = losses.temporal_loss(
+            out["image"].astype(jnp.float32), batch["driving"], out["previous_grid"]
         )
     if lc.gan > 0:
         fake = parts.disc.apply(d_params, generated)
@@ -450,7 +410,7 @@ def make_preview(config: ml_collections.ConfigDict, parts: Parts) -> Callable:
     """Jitted `(params, image-mode batch) -> PECHead outputs` (samples and evaluation)."""
 
     def preview(params, batch):
-        return generate(parts.model, params, batch)
+        return apply_to_batch(parts.model, params, batch)
 
     return jax.jit(preview)
 
@@ -469,7 +429,7 @@ def make_eval_step(config: ml_collections.ConfigDict, parts: Parts, mesh=None) -
     from pechead_jax.metrics import image as image_metrics
 
     def eval_step(params, batch):
-        generated = generate(parts.model, params, batch)["image"].astype(jnp.float32)
+        generated = apply_to_batch(parts.model, params, batch)["image"].astype(jnp.float32)
         target = batch["driving"]
         return {
             "l1": image_metrics.l1(generated, target),

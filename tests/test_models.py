@@ -17,6 +17,7 @@ from skimage.transform import resize as sk_resize
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs.common import VARIANTS, get_config  # noqa: E402
 from pechead_jax.models import keypoints as kp_lib
+from pechead_jax.models import layers
 from pechead_jax.models import motion as motion_lib
 from pechead_jax.models.pechead import PECHead
 
@@ -65,8 +66,8 @@ def frame_args(batch, t: int = 0):
     return (
         batch["source"],
         batch["source_cond"],
-        batch["driving_conds"][:, t],
         batch["source_landmarks"],
+        batch["driving_conds"][:, t],
         batch["driving_landmarks"][:, t],
     )
 
@@ -104,10 +105,16 @@ def test_variant_shapes_and_gradients(variant, batch):
     if variant == "full":
         # A nonzero previous context and moved points, so the CAP parameters get gradients.
         shape = (B, r // 2**m.cap_level, r // 2**m.cap_level, m.cap_features)
+        n = m.num_keypoints + int(m.head_motion)
         context = {
             "features": jax.random.normal(jax.random.key(3), shape),
-            "keypoints": jax.random.uniform(jax.random.key(4), (B, m.num_keypoints, 2)) - 0.5,
-            "landmarks": batch["driving_landmarks"][:, 1],
+            "points": {
+                "kp": jax.random.uniform(jax.random.key(4), (B, n, 2)) - 0.5,
+                "lmk": jnp.concatenate(
+                    [batch["driving_landmarks"][:, 1], jnp.zeros((B, n - m.num_keypoints, 2))],
+                    axis=1,
+                ),
+            },
         }
     target = batch["source"][::-1]
 
@@ -123,13 +130,26 @@ def test_variant_shapes_and_gradients(variant, batch):
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
+    # Source = driving (same condition and landmarks): every flow is the identity grid and,
+    # at initialisation, the output is the source (the blend starts on the warped source).
+    same = (args[0], args[1], args[2], args[1], args[2])
+    still = fast_jit(model.apply)(params, *same)
+    for name, flow in still["flows"].items():
+        np.testing.assert_allclose(
+            flow, jnp.broadcast_to(layers.identity_grid(*flow.shape[1:3]), flow.shape),
+            atol=1e-5, err_msg=name,
+        )
+    np.testing.assert_allclose(still["driving_keypoints"], still["source_keypoints"], atol=1e-5)
+    assert float(jnp.abs(still["image"] - batch["source"]).max()) < 1e-3
+
     (loss, out), grads = loss_and_grad(params)
     assert np.isfinite(float(loss))
     assert out["image"].shape == (B, r, r, 3)
     assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
     kp_shape = (B, m.num_keypoints, 2)
     assert out["source_keypoints"].shape == out["driving_keypoints"].shape == kp_shape
-    assert float(jnp.abs(out["driving_keypoints"]).max()) <= 1.0
+    # Source points come from a soft-argmax (inside the frame); re-posed ones may leave it.
+    assert float(jnp.abs(out["source_keypoints"]).max()) <= 1.0
     names = {"direct": ["direct"], "kp": ["kp"], "lmk": ["lmk"]}.get(variant, ["kp", "lmk"])
     assert sorted(out["flows"]) == sorted(out["warped"]) == sorted(names)
     for name in names:
@@ -146,10 +166,12 @@ def test_variant_shapes_and_gradients(variant, batch):
     for path, g in leaves:
         assert np.all(np.isfinite(g)), f"non-finite gradient at {jax.tree_util.keystr(path)}"
     zero = [jax.tree_util.keystr(p) for p, g in leaves if not np.any(g)]
-    # E's FiLM layers start at zero, so at initialisation (only) the condition embedding
-    # they read gets no gradient; CAP's context output feeds only the next frame. Every
-    # other parameter must get a gradient.
-    assert all("ConditionEmbedding" in z or "context_out" in z for z in zero), zero
+    # Zero-initialised layers starve what feeds them at initialisation (only): E's
+    # expression MLP (its output layer starts at zero), CAP's gate (its injection starts at
+    # zero); CAP's context output feeds only the next frame. Every other parameter must get
+    # a gradient.
+    allowed = ("expression_hidden", "context_out", "'gate'")
+    assert all(any(a in z for a in allowed) for z in zero), zero
     assert len(leaves) - len(zero) >= 60
 
 
@@ -169,19 +191,26 @@ def test_frame_call_compiles_once_and_context_matters(full_model, batch):
         return model.apply(params, *args, context=context)
 
     m = model.config
-    r = m.resolution // 2**m.cap_level
-    zero = {
-        "features": jnp.zeros((B, r, r, m.cap_features)),
-        "keypoints": model.apply(
-            params, batch["source"], batch["driving_conds"][:, 0], method=model.keypoints
-        ),
-        "landmarks": batch["driving_landmarks"][:, 0],
-    }
+    zero = model.apply(params, *frame_args(batch, 0), method=model.initial_context)
     first = frame(params, frame_args(batch, 0), zero)
     second = frame(params, frame_args(batch, 1), first["context"])
     again = frame(params, frame_args(batch, 1), zero | {"features": zero["features"] + 0})
-    # A different context changes the frame (second vs. the same inputs with a zero context).
+    # At initialisation CAP's injection is zero: the context cannot change the frame yet, so
+    # stage 2 starts exactly at the stage-1 model ...
+    np.testing.assert_allclose(second["image"], again["image"], atol=1e-6)
+    # ... and once the injection is nonzero (and the blend lets the decoder show) a
+    # different context changes the frame.
+    def trained(path, x):
+        name = jax.tree_util.keystr(path)
+        if "inject" in name:
+            return x + 0.5
+        return jnp.zeros_like(x) if "'blend'" in name and "bias" in name else x
+
+    moved = jax.tree_util.tree_map_with_path(trained, params)
+    second = frame(moved, frame_args(batch, 1), first["context"])
+    again = frame(moved, frame_args(batch, 1), zero | {"features": zero["features"] + 0})
     assert float(jnp.abs(second["image"] - again["image"]).max()) > 1e-3
+    second = frame(params, frame_args(batch, 1), first["context"])
 
     # bfloat16 compute with the same float32 parameters: close to float32, but not equal.
     config16 = tiny_config("full")
@@ -189,7 +218,9 @@ def test_frame_call_compiles_once_and_context_matters(full_model, batch):
     low = fast_jit(PECHead(config16).apply)(params, *frame_args(batch, 0), context=zero)
     assert low["image"].dtype == jnp.float32
     diff = float(jnp.abs(low["image"] - first["image"]).max())
-    assert 0 < diff < 0.05, diff
+    mean = float(jnp.abs(low["image"] - first["image"]).mean())
+    # (max: edges under slightly different bf16 flows; the mean stays small.)
+    assert 0 < diff < 0.15 and mean < 0.01, (diff, mean)
 
     clip = fast_jit(
         lambda p, b: model.apply(
@@ -217,7 +248,7 @@ def test_frame_call_compiles_once_and_context_matters(full_model, batch):
 def test_bad_inputs_are_named(full_model, batch):
     model, params = full_model
     args = list(frame_args(batch))
-    args[3] = args[3][:, :10]
+    args[2] = args[2][:, :10]
     with pytest.raises(ValueError, match="source_landmarks must have shape"):
         model.apply(params, *args)
     args = list(frame_args(batch))

@@ -78,7 +78,8 @@ class ContextPropagation(nn.Module):
     """CAP: gate the previous frame's (already warped) context into the current features.
 
     `(x [B,h,w,c], previous [B,h,w,cap]) -> (x', context [B,h,w,cap])`. The injection has
-    no bias, so a zero context (first frame) leaves x unchanged; the returned context is a
+    no bias and starts at zero, so a zero context (first frame) leaves x unchanged, and so
+    does any context before training; the returned context is a
     projection of the fused features, so information can persist over several frames.
     """
 
@@ -90,7 +91,11 @@ class ContextPropagation(nn.Module):
         c = x.shape[-1]
         previous = previous.astype(x.dtype)
         gate = nn.Conv(c, (1, 1), dtype=self.dtype, name="gate")(jnp.concatenate([x, previous], -1))
-        inject = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, name="inject")(previous)
+        # Zero-initialised: stage 2 starts exactly at the stage-1 model and CAP only adds.
+        inject = nn.Conv(
+            c, (1, 1), use_bias=False, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+            name="inject",
+        )(previous)
         x = x + nn.sigmoid(gate) * inject
         # Learns only through the next frame of a clip (the scan), never from one frame.
         context = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="context_out")(x)
@@ -98,16 +103,24 @@ class ContextPropagation(nn.Module):
 
 
 class Generator(nn.Module):
-    """Warp, fuse and decode the source pyramid.
+    """Warp, fuse and decode the source pyramid; composite with the warped source.
 
-    `__call__(pyramid, motions, context=None, context_motion=None) -> dict` where `pyramid`
-    is `Encoder`'s output (`encode` makes it), `motions` maps each name of
-    `VARIANT_MOTIONS[variant]` to a `DenseMotion` output, and for `full` `context`
-    `[B,h_c,w_c,cap_features]` is the previous frame's CAP context (None: zeros) and
+    `__call__(source, pyramid, motions, context=None, context_motion=None) -> dict` where
+    `source [B,H,W,3]` is the source image, `pyramid` is `Encoder`'s output (`encode` makes
+    it), `motions` maps each name of `VARIANT_MOTIONS[variant]` to a `DenseMotion` output,
+    and for `full` `context` `[B,h_c,w_c,cap_features]` is the previous frame's CAP context
+    (None: zeros) and
     `context_motion` maps motion names to the displacement `[B,h,w,2]` from the current frame
     to the previous one. Returns `image [B,H,W,3]` in (0, 1), `occlusions` (list per level of
-    the fused `[B,h,w,1]`), `fusion_weights` (list per level, `[B,h,w,M]`, mmfa/full) and
-    `context` (full only).
+    the fused `[B,h,w,1]`), `fusion_weights` (list per level, `[B,h,w,M]`, mmfa/full),
+    `fused_grid [B,H,W,2]` (the flows mixed by the level-0 fusion weights), `warped_source`
+    (the source warped by it), `blend [B,H,W,1]` and `context` (full only).
+
+    With `composite` the image is `blend * warped_source + (1 - blend) * decoded` (the TPSMM /
+    LivePortrait pattern): the source's own pixels carry texture and identity wherever they
+    are visible, and the decoder paints what the warp cannot show. The blend's logit head
+    starts at zero weights with bias `blend_bias`, so an untrained model already returns the
+    warped source (docs/model.md, "Composited output").
     """
 
     variant: str
@@ -117,6 +130,8 @@ class Generator(nn.Module):
     num_bottleneck_blocks: int
     cap_features: int
     cap_level: int
+    composite: bool = True
+    blend_bias: float = 8.0
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -147,6 +162,8 @@ class Generator(nn.Module):
             self.num_bottleneck_blocks,
             self.cap_features if self.variant == "full" else 0,
             self.cap_level,
+            self.composite,
+            self.blend_bias,
             self.dtype,
         )
 
@@ -164,6 +181,7 @@ class Generator(nn.Module):
 
     def __call__(
         self,
+        source: Array,
         pyramid: Sequence[Array],
         motions: Mapping[str, dict],
         context: Array | None = None,
@@ -175,9 +193,12 @@ class Generator(nn.Module):
                 f"Generator: variant {self.variant!r} needs motions {names}, got {tuple(motions)}"
             )
         fused, occlusions, weights = [], [], []
+        fused_grid = None
         for level, features in enumerate(pyramid):
             shape = features.shape[1:3]
             grids = [resize_flow(motions[n]["flow"], shape) for n in names]
+            if level == 0:
+                fused_grid = grids[0] if len(grids) == 1 else sum(grids) / len(grids)
             occs = [motions[n]["occlusions"][level] for n in names]
             warped = [
                 layers.warp(features, g) * o.astype(features.dtype) for g, o in zip(grids, occs)
@@ -192,6 +213,8 @@ class Generator(nn.Module):
                 identity = layers.identity_grid(*shape)
                 displacements = [g - identity for g in grids]
                 f, w = self.fusions[level](warped, displacements, occs)
+                if level == 0:
+                    fused_grid = sum(w[..., i : i + 1] * g for i, g in enumerate(grids))
                 fused.append(f)
                 weights.append(w)
                 occlusions.append(sum(w[..., i : i + 1] * o for i, o in enumerate(occs)))
@@ -209,15 +232,36 @@ class Generator(nn.Module):
                 for i, name in enumerate(names):
                     grid = grid + w[..., i : i + 1] * layers.resize(context_motion[name], shape)
             cap_grid = jnp.broadcast_to(grid, (b, *shape, 2))
-        image, new_context = self.decoder(fused, context, cap_grid)
-        out = {"image": image, "occlusions": occlusions, "fusion_weights": weights}
+        previous_grid = None
+        if self.variant == "full" and context_motion is not None:
+            # The same mix at full resolution: where each output pixel was one frame ago
+            # (the temporal loss warps the previous output by it).
+            b, height, width = pyramid[0].shape[:3]
+            previous_grid = layers.identity_grid(height, width)
+            for i, name in enumerate(names):
+                previous_grid = previous_grid + weights[0][..., i : i + 1] * layers.resize(
+                    context_motion[name], (height, width)
+                )
+        warped_source = layers.warp(source, fused_grid.astype(jnp.float32))
+        image, blend, new_context = self.decoder(fused, context, cap_grid, warped_source)
+        out = {
+            "image": image,
+            "occlusions": occlusions,
+            "fusion_weights": weights,
+            "fused_grid": fused_grid,
+            "warped_source": warped_source,
+            "blend": blend,
+        }
+        if previous_grid is not None:
+            out["previous_grid"] = previous_grid
         if self.variant == "full":
             out["context"] = new_context
         return out
 
 
 class Decoder(nn.Module):
-    """Fused pyramid -> image: bottleneck ResBlocks, up blocks with skips, CAP at one level."""
+    """Fused pyramid -> image: bottleneck ResBlocks, up blocks with skips, CAP at one level,
+    and (with `composite`) the blend with the warped source `[B,H,W,3]`."""
 
     block_expansion: int
     max_features: int
@@ -225,12 +269,18 @@ class Decoder(nn.Module):
     num_bottleneck_blocks: int
     cap_features: int  # 0: no CAP
     cap_level: int
+    composite: bool = True
+    blend_bias: float = 8.0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
-        self, fused: Sequence[Array], context: Array | None, cap_grid: Array | None
-    ) -> tuple[Array, Array | None]:
+        self,
+        fused: Sequence[Array],
+        context: Array | None,
+        cap_grid: Array | None,
+        warped_source: Array,
+    ) -> tuple[Array, Array, Array | None]:
         new_context = None
         y = fused[-1]
         for _ in range(self.num_bottleneck_blocks):
@@ -245,5 +295,16 @@ class Decoder(nn.Module):
                 previous = layers.warp(context.astype(y.dtype), cap_grid)
                 y, new_context = ContextPropagation(self.cap_features, self.dtype)(y, previous)
                 new_context = new_context.astype(jnp.float32)
-        image = nn.Conv(3, (7, 7), dtype=self.dtype, conv_general_dilated=_conv)(y)
-        return nn.sigmoid(image.astype(jnp.float32)), new_context
+        decoded = nn.Conv(3, (7, 7), dtype=self.dtype, conv_general_dilated=_conv)(y)
+        decoded = nn.sigmoid(decoded.astype(jnp.float32))
+        if not self.composite:
+            return decoded, jnp.zeros_like(decoded[..., :1]), new_context
+        # The blend head sees the decoder features and the warped source itself.
+        blend_logit = nn.Conv(
+            1, (3, 3), dtype=jnp.float32, conv_general_dilated=_conv, name="blend",
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.constant(self.blend_bias),
+        )(jnp.concatenate([y.astype(jnp.float32), warped_source.astype(jnp.float32)], -1))
+        blend = nn.sigmoid(blend_logit)
+        image = blend * warped_source.astype(jnp.float32) + (1.0 - blend) * decoded
+        return image, blend, new_context

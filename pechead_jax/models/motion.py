@@ -23,24 +23,30 @@ def resize_flow(flow: Array, shape: tuple[int, int]) -> Array:
     return layers.resize(displacement, shape) + layers.identity_grid(*shape, flow.dtype)
 
 
-def sparse_motions(source_points: Array, driving_points: Array, h: int, w: int) -> Array:
-    """Per-point translations plus the identity: `[B,N+1,h,w,2]` backward grids.
+def sparse_motions(
+    source_points: Array, driving_points: Array, h: int, w: int, affines: Array | None = None
+) -> Array:
+    """Per-point first-order motions plus the identity: `[B,N+1,h,w,2]` backward grids.
 
-    Grid n maps a driving-frame pixel z to `z + source_n - driving_n`; the last one is the
+    Grid n maps a driving-frame pixel z to `source_n + A_n (z - driving_n)` (FOMM's local
+    affine motion, `affines [B,N,2,2]`; None = translations, A_n = I); the last grid is the
     identity (background that does not move).
     """
     identity = layers.identity_grid(h, w, source_points.dtype)
-    shift = (source_points - driving_points)[:, :, None, None, :]  # [B, N, 1, 1, 2]
-    moved = identity + shift
+    offset = identity[None, None] - driving_points[:, :, None, None, :]  # [B, N, h, w, 2]
+    if affines is not None:
+        offset = jnp.einsum("bnij,bnhwj->bnhwi", affines.astype(offset.dtype), offset)
+    moved = source_points[:, :, None, None, :] + offset
     still = jnp.broadcast_to(identity, (moved.shape[0], 1, h, w, 2))
     return jnp.concatenate([moved, still], axis=1)
 
 
 class DenseMotion(nn.Module):
-    """`(source [B,H,W,3], source_points [B,N,2], driving_points [B,N,2])` -> dict.
+    """`(source [B,H,W,3], source_points [B,N,2], driving_points [B,N,2], affines)` -> dict.
 
     At `scale` of the source resolution (h, w): the inputs are the Gaussian heatmap
-    differences (driving minus source) and the source deformed by each sparse motion; an
+    differences (driving minus source) and the source deformed by each sparse motion
+    (`sparse_motions`, with the optional local affines `[B,N,2,2]`); an
     hourglass predicts softmax masks over the N+1 motions, whose weighted sum is the dense
     backward flow. Returns `flow [B,h,w,2]` (driving -> source coordinates, for `warp`),
     `masks [B,h,w,N+1]` and `occlusions`, a list over `num_levels` of `[B,H/2^l,W/2^l,1]`
@@ -57,7 +63,13 @@ class DenseMotion(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, source: Array, source_points: Array, driving_points: Array) -> dict:
+    def __call__(
+        self,
+        source: Array,
+        source_points: Array,
+        driving_points: Array,
+        affines: Array | None = None,
+    ) -> dict:
         if source_points.shape != driving_points.shape or source_points.ndim != 3:
             raise ValueError(
                 f"DenseMotion: source_points {source_points.shape} and driving_points "
@@ -75,7 +87,7 @@ class DenseMotion(nn.Module):
         ) - layers.point_heatmaps(source_points, h, w, self.variance)
         heatmaps = jnp.concatenate([heatmaps, jnp.zeros((b, h, w, 1), heatmaps.dtype)], -1)
 
-        motions = sparse_motions(source_points, driving_points, h, w)  # [B, N+1, h, w, 2]
+        motions = sparse_motions(source_points, driving_points, h, w, affines)  # [B,N+1,h,w,2]
         repeated = jnp.broadcast_to(small[:, None], (b, n + 1, h, w, small.shape[-1]))
         deformed = layers.warp(
             repeated.reshape(b * (n + 1), h, w, -1), motions.reshape(b * (n + 1), h, w, 2)

@@ -1,16 +1,30 @@
-"""PECHead: E (learned keypoints), the dense-motion networks and G in one linen module."""
+"""PECHead: E (learned keypoints), the dense-motion networks and G in one linen module.
+
+One way to call the model: `PECHead.__call__` (a frame) and `PECHead.animate` (a clip) take
+`(source, source_cond, source_landmarks, driving_cond, driving_landmarks)` in that order, and
+`apply_to_batch` / `model_inputs` / `dummy_batch` below build those from a batch dict
+(docs/interfaces.md), for training, evaluation and inference alike.
+"""
+
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from pechead_jax.models import layers
+from pechead_jax.models import geometry, layers
 from pechead_jax.models.generator import VARIANT_MOTIONS, Generator
-from pechead_jax.models.keypoints import KeypointEstimator
+from pechead_jax.models.keypoints import (
+    KeypointEstimator,
+    PoseKeypointEstimator,
+    make_condition,
+)
 from pechead_jax.models.motion import DenseMotion, resize_flow
 
 Array = jax.Array
+KEYPOINT_ESTIMATORS = ("pose", "film")
 
 
 def _check(name: str, x: Array, shape: tuple) -> None:
@@ -20,11 +34,25 @@ def _check(name: str, x: Array, shape: tuple) -> None:
         raise ValueError(f"PECHead: {name} must have shape {want}, got {tuple(x.shape)}")
 
 
+def context_displacement(masks: Array, previous: Array, current: Array) -> Array:
+    """CAP's displacement from the current frame to the previous one `[B,h,w,2]`.
+
+    Each pixel follows its points' motion, mixed by the dense-motion `masks [B,h,w,N+1]`
+    that built the current flow (the last, background, does not move): `sum_n m_n
+    (previous_n - current_n)` for points `[B,N,2]`. The previous frame sampled at
+    `identity + displacement` shows its content where the current frame has it.
+    """
+    return jnp.einsum(
+        "bhwn,bnc->bhwc", masks[..., :-1], (previous - current).astype(jnp.float32)
+    )
+
+
 class PECHead(nn.Module):
     """The generator side of PECHead, configured by `config.model` (see configs/common.py).
 
-    Methods (shapes in docs/interfaces.md): `__call__` (one frame), `keypoints` (E alone)
-    and `animate` (a clip; a scan carrying the CAP context for the `full` variant).
+    Methods (shapes in docs/interfaces.md): `__call__` (one frame), `keypoints` (E: source
+    and driving points), `detect` (E's points on an image under its own condition) and
+    `animate` (a clip; a scan carrying the CAP context for the `full` variant).
     """
 
     config: ml_collections.ConfigDict
@@ -39,8 +67,15 @@ class PECHead(nn.Module):
             )
         if m.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"PECHead: config.model.dtype={m.dtype!r}, expected float32/bfloat16")
+        if m.keypoints not in KEYPOINT_ESTIMATORS:
+            raise ValueError(
+                f"PECHead: config.model.keypoints={m.keypoints!r}, expected one of "
+                f"{KEYPOINT_ESTIMATORS}"
+            )
         dtype = jnp.dtype(m.dtype)
-        self.keypoint_estimator = KeypointEstimator(
+        estimator = PoseKeypointEstimator if m.keypoints == "pose" else KeypointEstimator
+        extra = {"pose_dim": m.pose_dim} if m.keypoints == "pose" else {}
+        self.keypoint_estimator = estimator(
             num_keypoints=m.num_keypoints,
             scale=m.kp_scale,
             block_expansion=m.kp_block_expansion,
@@ -49,14 +84,23 @@ class PECHead(nn.Module):
             condition_features=m.condition_features,
             temperature=m.kp_temperature,
             dtype=dtype,
+            **extra,
         )
+        # Landmarks get their own (finer) heatmaps and motion resolution: eyelid and lip
+        # points are a few pixels apart (docs/model.md, "Landmarks").
+        scale = {"kp": m.motion_scale, "lmk": m.landmark_motion_scale, "direct": m.motion_scale}
+        variance = {
+            "kp": m.heatmap_variance,
+            "lmk": m.landmark_heatmap_variance,
+            "direct": m.heatmap_variance,
+        }
         self.motion = {
             name: DenseMotion(
-                scale=m.motion_scale,
+                scale=scale[name],
                 block_expansion=m.motion_block_expansion,
                 max_features=m.motion_max_features,
                 num_blocks=m.motion_num_blocks,
-                variance=m.heatmap_variance,
+                variance=variance[name],
                 num_levels=m.num_down_blocks + 1,
                 use_occlusion=m.use_occlusion,
                 dtype=dtype,
@@ -72,6 +116,8 @@ class PECHead(nn.Module):
             num_bottleneck_blocks=m.num_bottleneck_blocks,
             cap_features=m.cap_features,
             cap_level=m.cap_level,
+            composite=m.composite,
+            blend_bias=m.blend_bias,
             dtype=dtype,
         )
 
@@ -82,25 +128,47 @@ class PECHead(nn.Module):
         _check("source_cond", source_cond, (b, m.pose_dim + m.expression_dim))
         _check("source_landmarks", source_landmarks, (b, m.num_landmarks, 2))
 
-    def keypoints(self, image: Array, cond: Array) -> Array:
-        """E alone: `image [B,H,W,3]`, `cond [B,C]` -> keypoints `[B,K,2]`."""
-        return self.keypoint_estimator(image, cond)
+    def keypoints(self, image: Array, source_cond: Array, driving_cond: Array):
+        """E: `image [B,H,W,3]`, `source_cond [B,C]`, `driving_cond [B,...,C]` ->
+        (source keypoints `[B,K,2]`, driving keypoints `[B,...,K,2]`)."""
+        return self.keypoint_estimator(image, source_cond, driving_cond)
 
-    def _motions(self, source, source_kp, driving_kp, source_lmk, driving_lmk) -> dict:
-        points = {
+    def detect(self, image: Array, cond: Array) -> Array:
+        """E's points on `image [B,H,W,3]` under its own condition `[B,C]` -> `[B,K,2]`
+        (the equivariance loss's view of E)."""
+        return self.keypoint_estimator.detect(image, cond)
+
+    def _point_sets(self, source_cond, driving_cond, source_kp, driving_kp, source_lmk,
+                    driving_lmk) -> tuple[dict, Array | None]:
+        """The (source, driving) point sets of each motion network, with the head centre
+        appended when `head_motion`, and the local affine `[B,2,2]` of every point (None
+        without `local_affine`: translations)."""
+        m = self.config
+        p = m.pose_dim
+        sets = {
             "kp": (source_kp, driving_kp),
-            "lmk": (source_lmk, driving_lmk),
-            "direct": (
-                jnp.concatenate([source_kp, source_lmk.astype(source_kp.dtype)], axis=1),
-                jnp.concatenate([driving_kp, driving_lmk.astype(driving_kp.dtype)], axis=1),
-            ),
+            "lmk": (source_lmk.astype(jnp.float32), driving_lmk.astype(jnp.float32)),
         }
-        return {name: net(source, *points[name]) for name, net in self.motion.items()}
+        sets["direct"] = tuple(jnp.concatenate([a, b], axis=1) for a, b in zip(*sets.values()))
+        if m.head_motion:
+            # The rigid head motion from R's pose as one more candidate (hair, neck).
+            head = (source_cond[:, None, 4:6], driving_cond[:, None, 4:6])
+            sets = {
+                k: tuple(jnp.concatenate([pts, c.astype(pts.dtype)], axis=1)
+                         for pts, c in zip(v, head))
+                for k, v in sets.items()
+            }
+        affine = None
+        if m.local_affine:
+            affine = geometry.backward_affine(source_cond[:, :p], driving_cond[:, :p])[..., :2]
+        return {k: sets[k] for k in self.motion}, affine
 
     def _frame(
         self,
         source: Array,
         pyramid: list[Array],
+        source_cond: Array,
+        driving_cond: Array,
         source_kp: Array,
         driving_kp: Array,
         source_landmarks: Array,
@@ -108,23 +176,28 @@ class PECHead(nn.Module):
         context: dict | None,
     ) -> dict:
         """One frame from the precomputed source pyramid and keypoints."""
-        motions = self._motions(source, source_kp, driving_kp, source_landmarks, driving_landmarks)
+        points, affine = self._point_sets(
+            source_cond, driving_cond, source_kp, driving_kp, source_landmarks, driving_landmarks
+        )
+        motions = {}
+        for name, net in self.motion.items():
+            src, drv = points[name]
+            affines = None if affine is None else jnp.broadcast_to(
+                affine[:, None], (src.shape[0], src.shape[1], 2, 2)
+            )
+            motions[name] = net(source, src, drv, affines)
         features, context_motion = None, None
         if self.variant == "full" and context is not None:
             features = context["features"]
             # Displacement to the previous frame: each pixel follows its points' motion,
             # mixed by the same masks that built the current flow.
-            previous = {"kp": context["keypoints"], "lmk": context["landmarks"]}
-            current = {"kp": driving_kp, "lmk": driving_landmarks}
             context_motion = {
-                name: jnp.einsum(
-                    "bhwn,bnc->bhwc",
-                    motions[name]["masks"][..., :-1],
-                    (previous[name] - current[name]).astype(jnp.float32),
+                name: context_displacement(
+                    motions[name]["masks"], context["points"][name], points[name][1]
                 )
                 for name in ("kp", "lmk")
             }
-        out = self.generator(pyramid, motions, features, context_motion)
+        out = self.generator(source, pyramid, motions, features, context_motion)
         height, width = source.shape[1:3]
         flows = {name: mo["flow"] for name, mo in motions.items()}
         result = {
@@ -136,43 +209,58 @@ class PECHead(nn.Module):
                 name: layers.warp(source, resize_flow(flow, (height, width)))
                 for name, flow in flows.items()
             },
+            "warped_source": out["warped_source"],
+            "blend": out["blend"],
             "occlusions": out["occlusions"],
         }
         if self.variant == "full":
             result["context"] = {
                 "features": out["context"],
-                "keypoints": driving_kp,
-                "landmarks": driving_landmarks.astype(jnp.float32),
+                "points": {name: points[name][1].astype(jnp.float32) for name in ("kp", "lmk")},
             }
+            if "previous_grid" in out:
+                result["previous_grid"] = out["previous_grid"]
         return result
+
+    def initial_context(self, source: Array, source_cond: Array, source_landmarks: Array,
+                        driving_cond: Array, driving_landmarks: Array) -> dict:
+        """The CAP context before the first frame `driving_cond [B,C]`: zero features and
+        that frame's own points (zero motion into the first frame)."""
+        b, height, width = source.shape[:3]
+        source_kp, driving_kp = self.keypoints(source, source_cond, driving_cond)
+        points, _ = self._point_sets(
+            source_cond, driving_cond, source_kp, driving_kp, source_landmarks, driving_landmarks
+        )
+        return {
+            "features": jnp.zeros(self.generator.context_shape(b, height, width), jnp.float32),
+            "points": {name: points[name][1].astype(jnp.float32) for name in ("kp", "lmk")},
+        }
 
     def __call__(
         self,
         source: Array,
         source_cond: Array,
-        driving_cond: Array,
         source_landmarks: Array,
+        driving_cond: Array,
         driving_landmarks: Array,
         context: dict | None = None,
     ) -> dict:
         """One frame. `source [B,H,W,3]`, conds `[B,C]`, landmarks `[B,N,2]`.
 
-        `context` (full only): the previous call's `context` (None for the first frame: a
-        zero context). Returns `image`, `source_keypoints`, `driving_keypoints`, `flows`,
-        `warped`, `occlusions` and, for `full`, `context`.
+        `context` (full only): the previous call's `context` (None: no CAP context, as
+        before training's first frame; `initial_context` gives the zero one). Returns
+        `image`, `source_keypoints`, `driving_keypoints`, `flows`, `warped`, `warped_source`,
+        `blend`, `occlusions` and, for `full`, `context` (and `previous_grid [B,H,W,2]`, the
+        grid from this frame to the previous one, when a context was given).
         """
         self._check_inputs(source, source_cond, source_landmarks)
         _check("driving_cond", driving_cond, source_cond.shape)
         _check("driving_landmarks", driving_landmarks, source_landmarks.shape)
-        b = source.shape[0]
-        # One E call for both conditions: the driving keypoints come from the source image.
-        keypoints = self.keypoints(
-            jnp.concatenate([source, source]), jnp.concatenate([source_cond, driving_cond])
-        )
-        source_kp, driving_kp = keypoints[:b], keypoints[b:]
+        source_kp, driving_kp = self.keypoints(source, source_cond, driving_cond)
         pyramid = self.generator.encode(source)
         return self._frame(
-            source, pyramid, source_kp, driving_kp, source_landmarks, driving_landmarks, context
+            source, pyramid, source_cond, driving_cond, source_kp, driving_kp,
+            source_landmarks, driving_landmarks, context,
         )
 
     def animate(
@@ -180,55 +268,59 @@ class PECHead(nn.Module):
         source: Array,
         source_cond: Array,
         source_landmarks: Array,
-        driving_conds: Array,
+        driving_cond: Array,
         driving_landmarks: Array,
     ) -> dict:
-        """A clip: `driving_conds [B,T,C]`, `driving_landmarks [B,T,N,2]` -> dict.
+        """A clip: `driving_cond [B,T,C]`, `driving_landmarks [B,T,N,2]` -> dict.
 
-        Returns `image [B,T,H,W,3]` and `driving_keypoints [B,T,K,2]`. For `full` a scan
-        over T carries the CAP context (zero at the first frame); the source keypoints and
-        the source pyramid are computed once. Other variants run all frames as one batch.
+        Returns `image [B,T,H,W,3]`, `driving_keypoints [B,T,K,2]`, `source_keypoints
+        [B,K,2]`, `warped` (per motion, `[B,T,H,W,3]`) and, for `full`, `previous_grid
+        [B,T,H,W,2]`. E and the source pyramid run once per clip; for `full` a scan over T
+        carries the CAP context (zero at the first frame). Other variants render all
+        frames as one batch.
         """
         self._check_inputs(source, source_cond, source_landmarks)
         b = source.shape[0]
-        _check("driving_conds", driving_conds, (b, None, source_cond.shape[-1]))
-        t = driving_conds.shape[1]
+        _check("driving_cond", driving_cond, (b, None, source_cond.shape[-1]))
+        t = driving_cond.shape[1]
         _check("driving_landmarks", driving_landmarks, (b, t, *source_landmarks.shape[1:]))
+        source_kp, driving_kp = self.keypoints(source, source_cond, driving_cond)
+        pyramid = self.generator.encode(source)
+
+        def tile(x):
+            return jnp.repeat(x[:, None], t, axis=1).reshape(b * t, *x.shape[1:])
+
+        def frames(x):
+            return x.reshape(b * t, *x.shape[2:])
+
+        def clips(x):
+            return x.reshape(b, t, *x.shape[1:])
 
         if self.variant != "full":
-
-            def tile(x):
-                return jnp.repeat(x[:, None], t, axis=1).reshape(b * t, *x.shape[1:])
-
-            out = self(
-                tile(source),
-                tile(source_cond),
-                driving_conds.reshape(b * t, -1),
-                tile(source_landmarks),
-                driving_landmarks.reshape(b * t, *driving_landmarks.shape[2:]),
+            out = self._frame(
+                tile(source), [tile(f) for f in pyramid], tile(source_cond),
+                frames(driving_cond), tile(source_kp), frames(driving_kp),
+                tile(source_landmarks), frames(driving_landmarks), None,
             )
             return {
-                "image": out["image"].reshape(b, t, *out["image"].shape[1:]),
-                "driving_keypoints": out["driving_keypoints"].reshape(b, t, -1, 2),
+                "image": clips(out["image"]),
+                "driving_keypoints": driving_kp,
+                "source_keypoints": source_kp,
+                "warped": {k: clips(v) for k, v in out["warped"].items()},
             }
 
-        source_kp = self.keypoints(source, source_cond)
-        pyramid = self.generator.encode(source)
-        height, width = source.shape[1:3]
-        context = {
-            "features": jnp.zeros(self.generator.context_shape(b, height, width), jnp.float32),
-            # Previous points = the first frame's: zero motion into the first frame.
-            "keypoints": self.keypoints(source, driving_conds[:, 0]),
-            "landmarks": driving_landmarks[:, 0].astype(jnp.float32),
-        }
+        context = self.initial_context(
+            source, source_cond, source_landmarks, driving_cond[:, 0], driving_landmarks[:, 0]
+        )
 
         def step(module, carry, inputs):
-            cond, landmarks = inputs
-            driving_kp = module.keypoints(source, cond)
+            cond, kp, landmarks = inputs
             out = module._frame(
-                source, pyramid, source_kp, driving_kp, source_landmarks, landmarks, carry
+                source, pyramid, source_cond, cond, source_kp, kp, source_landmarks,
+                landmarks, carry,
             )
-            return out["context"], (out["image"], driving_kp)
+            keep = (out["image"], out["warped"], out["previous_grid"])
+            return out["context"], keep
 
         scan = nn.scan(
             step,
@@ -237,6 +329,61 @@ class PECHead(nn.Module):
             in_axes=0,
             out_axes=1,
         )
-        inputs = (jnp.swapaxes(driving_conds, 0, 1), jnp.swapaxes(driving_landmarks, 0, 1))
-        _, (images, keypoints) = scan(self, context, inputs)
-        return {"image": images, "driving_keypoints": keypoints}
+        inputs = tuple(jnp.swapaxes(x, 0, 1) for x in (driving_cond, driving_kp, driving_landmarks))
+        _, (images, warped, previous_grid) = scan(self, context, inputs)
+        return {
+            "image": images,
+            "driving_keypoints": driving_kp,
+            "source_keypoints": source_kp,
+            "warped": warped,
+            "previous_grid": previous_grid,
+        }
+
+
+# ----------------------------------------------------------------------------- batches
+
+BATCH_KEYS = (
+    "source", "driving", "source_pose", "driving_pose", "source_expression",
+    "driving_expression", "source_landmarks", "driving_landmarks",
+)
+
+
+def conditions(batch: Mapping[str, Array]) -> tuple[Array, Array]:
+    """(source_cond `[B,C]`, driving_cond `[B,C]` or `[B,T,C]`) from pose + expression."""
+    return (
+        make_condition(batch["source_pose"], batch["source_expression"]),
+        make_condition(batch["driving_pose"], batch["driving_expression"]),
+    )
+
+
+def model_inputs(batch: Mapping[str, Array]) -> tuple[Array, ...]:
+    """The model's positional arguments from a batch: `(source, source_cond,
+    source_landmarks, driving_cond, driving_landmarks)`, for `__call__` and `animate` alike."""
+    source_cond, driving_cond = conditions(batch)
+    return (batch["source"], source_cond, batch["source_landmarks"], driving_cond,
+            batch["driving_landmarks"])
+
+
+def apply_to_batch(model: PECHead, params, batch: Mapping[str, Array]) -> dict:
+    """Run the model on a batch: `__call__` for frame pairs, `animate` for clips
+    (`batch['driving_pose']` of rank 3)."""
+    method = PECHead.animate if batch["driving_pose"].ndim == 3 else None
+    return model.apply({"params": params}, *model_inputs(batch), method=method)
+
+
+def dummy_batch(
+    model_config: ml_collections.ConfigDict, batch: int = 1, clip_length: int | None = None
+) -> dict[str, np.ndarray]:
+    """Zeros shaped like a batch (docs/interfaces.md): frame pairs, or clips of
+    `clip_length` driving frames."""
+    m = model_config
+    r = m.resolution
+    t = (clip_length,) if clip_length else ()
+    shapes = {
+        "source": (batch, r, r, 3),
+        "source_pose": (batch, m.pose_dim),
+        "source_expression": (batch, m.expression_dim),
+        "source_landmarks": (batch, m.num_landmarks, 2),
+    }
+    shapes.update({k.replace("source", "driving"): (batch, *t, *s[1:]) for k, s in shapes.items()})
+    return {k: np.zeros(s, np.float32) for k, s in shapes.items()}

