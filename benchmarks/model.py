@@ -52,11 +52,13 @@ def model_inputs(m, batch: int, key) -> tuple:
     keys = jax.random.split(key, 5)
     r, c, n = m.resolution, m.pose_dim + m.expression_dim, m.num_landmarks
     landmarks = jax.random.uniform(keys[3], (batch, n, 2), minval=-0.6, maxval=0.6)
+    # The model's one call order: (source, source_cond, source_landmarks, driving_cond,
+    # driving_landmarks).
     return (
         jax.random.uniform(keys[0], (batch, r, r, 3)),
         0.3 * jax.random.normal(keys[1], (batch, c)),
-        0.3 * jax.random.normal(keys[2], (batch, c)),
         landmarks,
+        0.3 * jax.random.normal(keys[2], (batch, c)),
         landmarks + 0.03 * jax.random.normal(keys[4], (batch, n, 2)),
     )
 

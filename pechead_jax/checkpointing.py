@@ -137,9 +137,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
-def load_params(checkpoint_dir: str | os.PathLike, abstract_state: Any,
-                step: int | None = None) -> Any:
-    """Read the train state of a run's checkpoint dir (`W` or `W/checkpoints`), latest step."""
+def _read_only_manager(checkpoint_dir: str | os.PathLike) -> tuple[pathlib.Path, Any]:
     path = pathlib.Path(checkpoint_dir)
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
@@ -150,6 +148,21 @@ def load_params(checkpoint_dir: str | os.PathLike, abstract_state: Any,
         options=ocp.CheckpointManagerOptions(read_only=True),
         item_handlers={"state": ocp.StandardCheckpointHandler()},
     )
+    return path, manager
+
+
+def saved_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
+    """The steps kept in a run's checkpoint dir (`W` or `W/checkpoints`), ascending."""
+    _, manager = _read_only_manager(checkpoint_dir)
+    steps = sorted(manager.all_steps())
+    manager.close()
+    return steps
+
+
+def load_params(checkpoint_dir: str | os.PathLike, abstract_state: Any,
+                step: int | None = None) -> Any:
+    """Read the train state of a run's checkpoint dir (`W` or `W/checkpoints`), latest step."""
+    path, manager = _read_only_manager(checkpoint_dir)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {path}")

@@ -8,7 +8,8 @@ Stages (each logged; a rerun skips what is done and resumes what is not):
    `python -m data_prep.build` (face tracking, crops, MediaPipe analysis, the face model,
    records) into `W/data/`. The last 72 frames of `WolfgangLanger_Pexels.mp4` are held out
    as the test clip; the rest of that video and `single_face.mp4` are the training set.
-2. train: `configs/demo.py` with `train.train_and_evaluate` for `time_budget_minutes`
+2. train: `configs/demo.py` with `train.train_and_evaluate` for its fixed `num_steps`
+   (the same figures on any machine; the time is logged; `--time_budget_minutes` caps it)
    (checkpoints in `W/checkpoints/`, TensorBoard in `W/tensorboard/`). An interrupted run
    resumes from its last checkpoint; a finished one (`W/train_summary.json`) is skipped.
 3. outputs, from the EMA parameters of the last checkpoint:
@@ -16,8 +17,8 @@ Stages (each logged; a rerun skips what is done and resumes what is not):
      driving and generated frames side by side;
    - `W/yaw_sweep.png`: the source re-posed from -30 to +30 degrees of yaw, landmarks from
      the face model (no driving image);
-   - `W/metrics.json`: held-out L1 / PSNR of the model next to the copy-the-source-frame
-     baseline.
+   - `W/metrics.json`: held-out L1 / PSNR / LPIPS of the model next to the
+     copy-the-source-frame baseline.
 
 The demo runs on one CPU device (the 8 simulated devices of the tests only slow 2 cores).
 """
@@ -194,6 +195,7 @@ def write_outputs(workdir: pathlib.Path, config, train_summary: dict) -> dict:
 
     from pechead_jax import inference, input_pipeline
     from pechead_jax.metrics import image as image_metrics
+    from pechead_jax.metrics.lpips import LPIPS
 
     metrics_path = workdir / "metrics.json"
     if metrics_path.is_file():
@@ -207,7 +209,9 @@ def write_outputs(workdir: pathlib.Path, config, train_summary: dict) -> dict:
     logging.info("[3/3 outputs] loading the EMA parameters from %s", workdir)
     animator = inference.Animator.from_workdir(workdir)
     res = animator.resolution
-    sums = {"l1": [], "psnr": [], "baseline_l1": [], "baseline_psnr": []}
+    lpips = LPIPS()
+    sums = {k: [] for k in ("l1", "psnr", "lpips", "baseline_l1", "baseline_psnr",
+                            "baseline_lpips")}
     first = None
     for clip, arrays in input_pipeline.load_clips(config.data.root, "test", resolution=res):
         source, motion = inference.clip_source_and_motion(arrays, 0)
@@ -218,6 +222,8 @@ def write_outputs(workdir: pathlib.Path, config, train_summary: dict) -> dict:
         sums["psnr"].append(np.asarray(image_metrics.psnr(generated[1:], target)))
         sums["baseline_l1"].append(np.asarray(image_metrics.l1(copied, target)))
         sums["baseline_psnr"].append(np.asarray(image_metrics.psnr(copied, target)))
+        sums["lpips"].append(lpips.frames(generated[1:], target).per_frame)
+        sums["baseline_lpips"].append(lpips.frames(np.ascontiguousarray(copied), target).per_frame)
         logging.info("[3/3 outputs] %s: %d frames, L1 %.4f (copy-source %.4f)", clip.clip_id,
                      len(target), np.mean(sums["l1"][-1]), np.mean(sums["baseline_l1"][-1]))
         if first is None:
@@ -245,18 +251,21 @@ def write_outputs(workdir: pathlib.Path, config, train_summary: dict) -> dict:
         "resolution": res,
         "test_clips": len(sums["l1"]),
         "test_frames": int(sum(len(v) for v in sums["l1"])),
-        "model": {"l1": round(mean["l1"], 5), "psnr": round(mean["psnr"], 3)},
+        "model": {"l1": round(mean["l1"], 5), "psnr": round(mean["psnr"], 3),
+                  "lpips": round(mean["lpips"], 4)},
         "copy_source_baseline": {
-            "l1": round(mean["baseline_l1"], 5), "psnr": round(mean["baseline_psnr"], 3)
+            "l1": round(mean["baseline_l1"], 5), "psnr": round(mean["baseline_psnr"], 3),
+            "lpips": round(mean["baseline_lpips"], 4),
         },
         "beats_baseline_l1": mean["l1"] < mean["baseline_l1"],
         "source_yaw_degrees": round(float(np.degrees(source.pose[0])), 2),
         "files": ["reenactment.mp4", "yaw_sweep.png", "metrics.json", "tensorboard/"],
     }
     fileio.write_text(metrics_path, json.dumps(result, indent=1) + "\n")
-    logging.info("[3/3 outputs] held-out L1 %.4f / PSNR %.2f dB; copy-the-source baseline "
-                 "L1 %.4f / PSNR %.2f dB", mean["l1"], mean["psnr"], mean["baseline_l1"],
-                 mean["baseline_psnr"])
+    logging.info("[3/3 outputs] held-out L1 %.4f / PSNR %.2f dB / LPIPS %.4f; copy-the-source "
+                 "baseline L1 %.4f / PSNR %.2f dB / LPIPS %.4f", mean["l1"], mean["psnr"],
+                 mean["lpips"], mean["baseline_l1"], mean["baseline_psnr"],
+                 mean["baseline_lpips"])
     return result
 
 

@@ -31,11 +31,12 @@ import numpy as np
 
 from pechead_jax import fileio
 
-METRICS = ("l1", "psnr", "ms_ssim", "fid", "fvd", "akd", "ard", "auh", "csim")
+METRICS = ("l1", "psnr", "ms_ssim", "lpips", "fid", "fvd", "akd", "ard", "auh", "csim")
 FACE_METRICS = ("akd", "ard", "auh")
 # Direction of "better" and the column title of each metric in the Markdown table.
 TITLES = {
-    "l1": "L1 ↓", "psnr": "PSNR ↑", "ms_ssim": "MS-SSIM ↑", "fid": "FID ↓", "fvd": "FVD ↓",
+    "l1": "L1 ↓", "psnr": "PSNR ↑", "ms_ssim": "MS-SSIM ↑", "lpips": "LPIPS ↓", "fid": "FID ↓",
+    "fvd": "FVD ↓",
     "akd": "AKD ↓", "ard": "ARD ↓", "auh": "AUH ↓", "csim": "CSIM ↑",
 }  # fmt: skip
 BASELINE = "copy-the-source"
@@ -131,7 +132,15 @@ class _Networks:
         self.metrics = list(metrics)
         self.skipped: dict[str, str] = {}
         self.provenance: dict[str, dict] = {}
-        self.inception = self.i3d = self.analyser = self.embedder = None
+        self.inception = self.i3d = self.analyser = self.embedder = self.lpips = None
+        if "lpips" in metrics:
+            try:
+                from pechead_jax.metrics.lpips import LPIPS
+
+                self.lpips = LPIPS()
+                self.provenance["lpips"] = dict(self.lpips.provenance)
+            except (FileNotFoundError, ValueError) as e:
+                self._skip("lpips", str(e))
         if "ms_ssim" in metrics and resolution < image_metrics.min_ms_ssim_size():
             self._skip("ms_ssim", f"needs images of at least {image_metrics.min_ms_ssim_size()} "
                        f"px for 5 scales; the model's resolution is {resolution}")
@@ -194,6 +203,9 @@ class _Networks:
                                          generated, real))
                 baseline.add(name, _batched(lambda a, b, f=fn: f(jnp.asarray(a), jnp.asarray(b)),
                                             copied, real))
+        if "lpips" in self.metrics:
+            model.add("lpips", self.lpips.frames(generated, real).per_frame)
+            baseline.add("lpips", self.lpips.frames(np.ascontiguousarray(copied), real).per_frame)
         if "fid" in self.metrics:
             from pechead_jax.metrics import inception
 
@@ -235,7 +247,7 @@ def _summarise(row: _Row, real: _Row, nets: _Networks) -> dict[str, dict]:
     from pechead_jax.metrics import face, frechet, result
 
     out: dict[str, dict] = {}
-    for name in ("l1", "psnr", "ms_ssim", "csim"):
+    for name in ("l1", "psnr", "ms_ssim", "lpips", "csim"):
         if name in nets.metrics and row.values.get(name):
             per_frame = np.concatenate(row.values[name])
             if name == "csim":

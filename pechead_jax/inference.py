@@ -21,6 +21,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,6 +29,7 @@ import numpy as np
 
 from pechead_jax import checkpointing
 from pechead_jax.face_model import LandmarkModel
+from pechead_jax.models import pechead
 from pechead_jax.models.keypoints import make_condition
 from pechead_jax.models.pechead import PECHead
 
@@ -71,14 +73,34 @@ def clip_source_and_motion(arrays: dict, source_index: int = 0) -> tuple[Source,
 
 def load_ema_params(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
                     step: int | None = None) -> tuple[PyTree, int]:
-    """The EMA G+E parameters of the latest (or `step`) checkpoint in `W/checkpoints`."""
-    from pechead_jax import sharding, train
+    """The EMA G+E parameters of the latest (or `step`) checkpoint in `W/checkpoints`.
 
-    mesh = sharding.make_mesh(1)
-    parts = train.make_parts(config)
-    abstract = train.abstract_state(config, parts, mesh)
-    state = checkpointing.load_params(workdir, abstract, step)
-    return state.ema_params, int(state.step)
+    Read without the trainer: the checkpoint's `ema_params` are checked against the
+    parameter shapes `PECHead(config.model)` expects, naming the first difference."""
+    state = checkpointing.load_params(workdir, None, step)
+    params = state["ema_params"]
+    clip = config.data.clip_length if config.model.variant == "full" else None
+    model = PECHead(config.model)
+    expected = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), *pechead.model_inputs(
+            pechead.dummy_batch(config.model, 1, clip)),
+            method=PECHead.animate if clip else None)
+    )["params"]
+    flat = flax.traverse_util.flatten_dict(params)
+    expected = flax.traverse_util.flatten_dict(expected)
+    extra = sorted("/".join(p) for p in set(flat) - set(expected))
+    if extra:
+        raise ValueError(f"{workdir}: checkpoint has parameters the model in its config.json "
+                         f"does not: {', '.join(extra[:3])} (a checkpoint of another version?)")
+    for path, leaf in expected.items():
+        got = flat.get(path)
+        if got is None or tuple(got.shape) != tuple(leaf.shape):
+            raise ValueError(
+                f"{workdir}: checkpoint parameter {'/'.join(path)} is "
+                f"{'missing' if got is None else tuple(got.shape)}, the model in its "
+                f"config.json expects {tuple(leaf.shape)} (a checkpoint of another version?)"
+            )
+    return jax.tree.map(jnp.asarray, params), int(state["step"])
 
 
 class Animator:

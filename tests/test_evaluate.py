@@ -71,10 +71,10 @@ def workdir(data, tmp_path_factory):
 def test_evaluate_writes_metrics_and_skips_what_cannot_apply(workdir, tmp_path, monkeypatch):
     monkeypatch.setenv("PECHEAD_CACHE", str(tmp_path / "empty_cache"))  # no converted FID net
     out = tmp_path / "eval"
-    result = evaluate.evaluate_workdir(workdir, metrics="l1,psnr,ms_ssim,akd,fid", output=out,
+    result = evaluate.evaluate_workdir(workdir, metrics="l1,psnr,ms_ssim,lpips,akd,fid", output=out,
                                        progress=False)
     assert result["step"] == 2 and result["clips"] == 1 and result["frames"] == 23
-    assert result["metrics"] == ["l1", "psnr", "akd"]
+    assert result["metrics"] == ["l1", "psnr", "lpips", "akd"]
     assert "161" in result["skipped"]["ms_ssim"] and "64" in result["skipped"]["ms_ssim"]
     assert "convert_inception" in result["skipped"]["fid"]
     model, baseline = result["rows"].values()
@@ -83,6 +83,7 @@ def test_evaluate_writes_metrics_and_skips_what_cannot_apply(workdir, tmp_path, 
         assert np.isfinite(row["l1"]["value"]) and row["l1"]["value"] > 0
         assert np.isfinite(row["psnr"]["value"]) and row["psnr"]["frames"] == 23
         assert row["akd"]["frames"] == 23
+        assert 0 < row["lpips"]["value"] < 1 and row["lpips"]["frames"] == 23
     # The static source keeps its face: the analyser finds it in every copied frame.
     assert baseline["akd"]["missing"] == 0 and np.isfinite(baseline["akd"]["value"])
     assert result["faces_missing"]["akd"][evaluate.BASELINE] == 0
@@ -90,14 +91,15 @@ def test_evaluate_writes_metrics_and_skips_what_cannot_apply(workdir, tmp_path, 
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     table = (out / "metrics.md").read_text()
-    assert "| method | L1 ↓ | PSNR ↑ | AKD ↓ |" in table and f"| {evaluate.BASELINE} |" in table
+    assert "| method | L1 ↓ | PSNR ↑ | LPIPS ↓ | AKD ↓ |" in table
+    assert f"| {evaluate.BASELINE} |" in table
     assert "ms_ssim:" in table and "fid:" in table
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
 def test_evaluate_clear_errors(workdir, tmp_path):
-    with pytest.raises(evaluate.EvaluationError, match="unknown.*'lpips'"):
-        evaluate.evaluate_workdir(workdir, metrics="l1,lpips", output=tmp_path)
+    with pytest.raises(evaluate.EvaluationError, match="unknown.*'lpip'"):
+        evaluate.evaluate_workdir(workdir, metrics="l1,lpip", output=tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):
         evaluate.evaluate_workdir(tmp_path, output=tmp_path)
     (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
