@@ -63,6 +63,8 @@ def model_config(resolution: int = 256) -> ml_collections.ConfigDict:
     # starts at sigmoid(blend_bias) (docs/model.md, "Composited output"). False: decoded only.
     m.composite = True
     m.blend_bias = 8.0
+    # The warped source beyond the image: "border" (the edge pixel) or "zeros" (black).
+    m.source_padding = "border"
 
     # D: multi-scale patch discriminator.
     m.disc_scales = (1.0, 0.5)

@@ -16,6 +16,7 @@ from skimage.transform import resize as sk_resize
 # root, make it importable from here.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs.common import VARIANTS, get_config  # noqa: E402
+from pechead_jax.models import generator as gen_lib
 from pechead_jax.models import keypoints as kp_lib
 from pechead_jax.models import layers
 from pechead_jax.models import motion as motion_lib
@@ -259,3 +260,23 @@ def test_bad_inputs_are_named(full_model, batch):
     bad.variant = "nope"
     with pytest.raises(ValueError, match="variant"):
         PECHead(bad).init(init_key(), *frame_args(batch))
+
+
+def test_warp_source_padding(batch):
+    # The source moved half its width (whole pixels) to the left: the right half of the
+    # output samples beyond the image.
+    source = batch["source"]
+    r = source.shape[1]
+    grid = layers.identity_grid(r, r) + jnp.array([2.0 * (r // 2) / (r - 1), 0.0])
+    grid = jnp.broadcast_to(grid, (B, r, r, 2))
+    border = gen_lib.warp_source(source, grid, "border")
+    zeros = gen_lib.warp_source(source, grid, "zeros")
+    right = slice(r // 2, None)
+    edge = jnp.broadcast_to(source[:, :, -1:], border[:, :, right].shape)
+    np.testing.assert_allclose(border[:, :, right], edge, atol=1e-6)
+    assert float(jnp.abs(zeros[:, :, right]).max()) == 0.0
+    # Inside the image both are the same sampling of the source.
+    np.testing.assert_allclose(border[:, :, : r // 2], zeros[:, :, : r // 2], atol=1e-6)
+    np.testing.assert_allclose(border[:, :, : r // 2], source[:, :, r // 2 : r], atol=1e-5)
+    with pytest.raises(ValueError, match="source_padding='mirror'"):
+        gen_lib.warp_source(source, grid, "mirror")

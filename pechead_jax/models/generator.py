@@ -22,6 +22,25 @@ VARIANT_MOTIONS = {
     "mmfa": ("kp", "lmk"),
     "full": ("kp", "lmk"),
 }
+# How the composite's warped source treats samples beyond the image: the edge pixel, or zero.
+SOURCE_PADDINGS = ("border", "zeros")
+
+
+def warp_source(source: Array, grid: Array, padding: str = "border") -> Array:
+    """`source [B,H,W,3]` sampled at `grid [B,H,W,2]` (float32), for the composite.
+
+    With `padding="border"` samples beyond the image take the nearest edge pixel instead of
+    black: where the head moves away from an edge, the composite then starts from the
+    stretched edge (hair, neck, background) rather than a black band the decoder must paint
+    over (docs/model.md). With align_corners=True coordinates, clamping the grid to [-1, 1]
+    is exactly border padding.
+    """
+    if padding not in SOURCE_PADDINGS:
+        raise ValueError(f"source_padding={padding!r}, expected one of {SOURCE_PADDINGS}")
+    grid = grid.astype(jnp.float32)
+    if padding == "border":
+        grid = jnp.clip(grid, -1.0, 1.0)
+    return layers.warp(source, grid)
 
 
 def level_features(block_expansion: int, max_features: int, level: int) -> int:
@@ -114,7 +133,8 @@ class Generator(nn.Module):
     to the previous one. Returns `image [B,H,W,3]` in (0, 1), `occlusions` (list per level of
     the fused `[B,h,w,1]`), `fusion_weights` (list per level, `[B,h,w,M]`, mmfa/full),
     `fused_grid [B,H,W,2]` (the flows mixed by the level-0 fusion weights), `warped_source`
-    (the source warped by it), `blend [B,H,W,1]` and `context` (full only).
+    (the source warped by it; beyond the image `source_padding` "border" repeats the edge
+    pixel, "zeros" gives black), `blend [B,H,W,1]` and `context` (full only).
 
     With `composite` the image is `blend * warped_source + (1 - blend) * decoded` (the TPSMM /
     LivePortrait pattern): the source's own pixels carry texture and identity wherever they
@@ -132,9 +152,15 @@ class Generator(nn.Module):
     cap_level: int
     composite: bool = True
     blend_bias: float = 8.0
+    source_padding: str = "border"
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
+        if self.source_padding not in SOURCE_PADDINGS:
+            raise ValueError(
+                f"Generator: source_padding={self.source_padding!r}, expected one of "
+                f"{SOURCE_PADDINGS}"
+            )
         if self.variant not in VARIANT_MOTIONS:
             raise ValueError(
                 f"Generator: unknown variant {self.variant!r}; expected one of "
@@ -242,7 +268,7 @@ class Generator(nn.Module):
                 previous_grid = previous_grid + weights[0][..., i : i + 1] * layers.resize(
                     context_motion[name], (height, width)
                 )
-        warped_source = layers.warp(source, fused_grid.astype(jnp.float32))
+        warped_source = warp_source(source, fused_grid, self.source_padding)
         image, blend, new_context = self.decoder(fused, context, cap_grid, warped_source)
         out = {
             "image": image,

@@ -118,6 +118,7 @@ class PECHead(nn.Module):
             cap_level=m.cap_level,
             composite=m.composite,
             blend_bias=m.blend_bias,
+            source_padding=m.source_padding,
             dtype=dtype,
         )
 
