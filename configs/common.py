@@ -64,7 +64,7 @@ def model_config(resolution: int = 256) -> ml_collections.ConfigDict:
     m.composite = True
     m.blend_bias = 8.0
     # The warped source beyond the image: "border" (the edge pixel) or "zeros" (black).
-    m.source_padding = "border"
+    m.source_padding = "zeros"
 
     # D: multi-scale patch discriminator.
     m.disc_scales = (1.0, 0.5)

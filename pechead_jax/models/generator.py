@@ -26,7 +26,7 @@ VARIANT_MOTIONS = {
 SOURCE_PADDINGS = ("border", "zeros")
 
 
-def warp_source(source: Array, grid: Array, padding: str = "border") -> Array:
+def warp_source(source: Array, grid: Array, padding: str = "zeros") -> Array:
     """`source [B,H,W,3]` sampled at `grid [B,H,W,2]` (float32), for the composite.
 
     With `padding="border"` samples beyond the image take the nearest edge pixel instead of
@@ -152,7 +152,7 @@ class Generator(nn.Module):
     cap_level: int
     composite: bool = True
     blend_bias: float = 8.0
-    source_padding: str = "border"
+    source_padding: str = "zeros"
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
