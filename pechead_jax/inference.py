@@ -4,6 +4,13 @@ evaluation). Models never import this module.
     animator = Animator.from_workdir("workdirs/demo")
     frames = animator.reenact(source, motion)          # [T,H,W,3] float in [0, 1]
     sweep = animator.edit_pose(source, yaw=np.radians([-30, 0, 30]))
+    for chunk in animator.stream(source, motion):      # bounded memory for long videos
+        ...
+
+Motion modes (`MOTION_MODES`): `absolute` copies the driving pose and expression onto the
+portrait; `relative` (FOMM's and LivePortrait's default for another person) keeps the
+portrait's own pose and expression and applies the driving video's changes from its first
+frame (`relative_motion`). Landmarks are then reconstructed from the portrait's identity.
 
 A `Source` is one portrait with its face-model coefficients (pose, expression, identity) and
 predefined landmarks; a `Motion` is a sequence of poses and expressions (from a driving video,
@@ -28,12 +35,13 @@ import ml_collections
 import numpy as np
 
 from pechead_jax import checkpointing
-from pechead_jax.face_model import LandmarkModel
-from pechead_jax.models import pechead
+from pechead_jax.face_model import LandmarkModel, euler_angles
+from pechead_jax.models import geometry, pechead
 from pechead_jax.models.keypoints import make_condition
 from pechead_jax.models.pechead import PECHead
 
 PyTree = Any
+MOTION_MODES = ("relative", "absolute")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Source:
     expression: np.ndarray
     landmarks: np.ndarray
     identity: np.ndarray | None = None
+    crop_box: tuple[float, float, float] | None = None  # (x0, y0, side) in the photo, pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +67,78 @@ class Motion:
 
     def __len__(self) -> int:
         return len(self.pose)
+
+
+def _rotations(angles: np.ndarray) -> np.ndarray:
+    """(yaw, pitch, roll) `[..., 3]` radians -> `[..., 3, 3]` (geometry.rotation_matrix)."""
+    a = np.asarray(angles, np.float32)
+    return np.asarray(geometry.rotation_matrix(a[..., 0], a[..., 1], a[..., 2]), np.float64)
+
+
+def relative_motion(source: Source, motion: Motion, face_model: LandmarkModel | None = None,
+                    reference: int = 0) -> Motion:
+    """The driving motion's changes from its frame `reference`, applied to the source.
+
+    Rotation `R_t R_ref^T R_s` (composed, not angles added: a driving head turning 20 degrees
+    turns a tilted portrait 20 degrees about the camera's axis); log-scale `+ (log s_t -
+    log s_ref)`; translation `t_s + (t_t - t_ref) s_s / s_ref` (the driving head's shift, in
+    units of its size, at the portrait's size); expression `e_s + (e_t - e_ref)`, clamped to
+    the face model's fitted range (to [0, 1] without one). The result has no landmarks: they
+    are reconstructed from the portrait's identity. Frame `reference` gives the source's own
+    pose and expression exactly.
+    """
+    pose = np.asarray(motion.pose, np.float64)
+    if pose.ndim != 2 or pose.shape[1] != 6 or not len(pose):
+        raise ValueError(f"relative_motion: motion.pose must be [T,6] with T>0, got {pose.shape}")
+    if not 0 <= reference < len(pose):
+        raise ValueError(f"relative_motion: reference {reference} outside 0..{len(pose) - 1}")
+    src = np.asarray(source.pose, np.float64)
+    ref = pose[reference]
+    rotation = _rotations(pose[:, :3]) @ _rotations(ref[:3]).T @ _rotations(src[:3])
+    out = np.empty_like(pose)
+    out[:, :3] = euler_angles(rotation)
+    out[:, 3] = src[3] + pose[:, 3] - ref[3]
+    out[:, 4:6] = src[4:6] + (pose[:, 4:6] - ref[4:6]) * np.exp(src[3] - ref[3])
+    expression = np.asarray(motion.expression, np.float64)
+    expression = np.asarray(source.expression, np.float64) + expression - expression[reference]
+    if face_model is not None:
+        expression = np.asarray(face_model.clamp_expression(expression))
+    else:
+        expression = np.clip(expression, 0.0, 1.0)
+    out[reference, :3] = src[:3]  # exact (the Euler round trip is only accurate to ~1e-7)
+    return Motion(pose=out.astype(np.float32), expression=expression.astype(np.float32))
+
+
+def perspective_landmarks(face_model: LandmarkModel, pose: np.ndarray, identity: np.ndarray,
+                          expression: np.ndarray, fov: float,
+                          source_fov: float = 40.0) -> np.ndarray:
+    """Landmarks `[T,N,2]` as if the portrait had been taken with a `fov`-degree field of view
+    across the crop at the same head size (a camera-distance change, "dolly zoom").
+
+    R is orthographic. A camera at distance `D = 1 / tan(fov / 2)` crop half-widths sees a
+    point at depth z (z away from the camera, the head centre at 0) at `x D / (D + z)`;
+    the portrait is taken as shot at `source_fov` (about 40 degrees: a phone at arm's
+    length framing twice the face), so the edit adds `persp(fov) - persp(source_fov)` to R's
+    landmarks: a wider field of view (a closer camera) enlarges what is nearer than the head
+    centre (the nose) and shrinks what is behind it (ears, jaw corners); a narrower one
+    flattens the face. The head centre keeps its position and size.
+    """
+    for name, value in (("fov", fov), ("source_fov", source_fov)):
+        if not 1.0 <= value <= 150.0:
+            raise ValueError(f"perspective_landmarks: {name}={value} degrees, expected 1..150")
+    pose = np.asarray(pose, np.float32)
+    identity = np.broadcast_to(identity, (len(pose), len(identity)))
+    points = face_model.shape(identity, np.asarray(expression, np.float32),
+                              indices=face_model.landmark_indices)
+    camera = np.asarray(face_model.transform(pose, points), np.float64)  # [T,N,3]
+    centre = np.concatenate([pose[:, 4:6], np.zeros((len(pose), 1))], axis=1)[:, None]
+    rel = camera - centre
+
+    def project(degrees):
+        d = 1.0 / np.tan(np.radians(degrees) / 2.0)
+        return rel[..., :2] * (d / np.maximum(d + rel[..., 2:], 1e-3 * d))
+
+    return (camera[..., :2] + project(fov) - project(source_fov)).astype(np.float32)
 
 
 def clip_source_and_motion(arrays: dict, source_index: int = 0) -> tuple[Source, Motion]:
@@ -110,7 +191,10 @@ class Animator:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, params: PyTree,
-                 face_model: LandmarkModel | None = None, chunk: int = 8):
+                 face_model: LandmarkModel | None = None, chunk: int = 16):
+        if chunk < 1:
+            raise ValueError(f"Animator: chunk={chunk}, expected >= 1")
+        self.traces = 0
         self.config = config
         self.params = params
         self.face_model = face_model
@@ -133,18 +217,31 @@ class Animator:
                      face_model_path or "none")
         return cls(config, params, face)
 
-    # -- the model calls (jitted once per shape)
+    # -- the model calls (jitted once: every chunk has the same shape)
 
     @functools.cached_property
-    def _clip_fn(self):
-        """One source, driving `[T,C]` and `[T,N,2]` -> frames `[T,H,W,3]` (`animate`: E and
-        the source encoder run once; for `full` a scan carries CAP's context)."""
+    def _chunk_fn(self):
+        """One source, driving `[chunk,C]` and `[chunk,N,2]`, CAP context (None unless
+        `full`) -> (frames `[chunk,H,W,3]`, the context after them). E and the source
+        encoder run once per chunk; `full` scans the chunk carrying CAP's context."""
 
+        def run(params, source, source_cond, source_lmk, driving_cond, driving_lmk, context):
+            self.traces += 1  # runs once per compilation (tests check one for any length)
+            out = self.model.apply(
+                {"params": params}, source, source_cond, source_lmk, driving_cond[None],
+                driving_lmk[None], context, method=PECHead.animate,
+            )
+            return out["image"][0], out.get("context")
+
+        return jax.jit(run)
+
+    @functools.cached_property
+    def _initial_context_fn(self):
         def run(params, source, source_cond, source_lmk, driving_cond, driving_lmk):
             return self.model.apply(
                 {"params": params}, source, source_cond, source_lmk, driving_cond[None],
-                driving_lmk[None], method=PECHead.animate,
-            )["image"][0]
+                driving_lmk[None], method=PECHead.initial_context,
+            )
 
         return jax.jit(run)
 
@@ -174,30 +271,48 @@ class Animator:
             self.face_model.reconstruct(motion.pose, identity, motion.expression), np.float32
         )
 
-    def reenact(self, source: Source, motion: Motion) -> np.ndarray:
-        """Animate `source` with `motion`: frames `[T,H,W,3]`.
+    def prepare(self, source: Source, motion: Motion, mode: str = "absolute") -> Motion:
+        """`motion` as the model takes it for `mode` (`MOTION_MODES`), with its landmarks
+        (`relative` drops the driving landmarks: they are rebuilt from the source)."""
+        if mode not in MOTION_MODES:
+            raise ValueError(f"mode {mode!r}: expected one of {MOTION_MODES}")
+        if mode == "relative":
+            motion = relative_motion(source, motion, self.face_model)
+        return dataclasses.replace(motion, landmarks=self.landmarks_for(source, motion))
 
-        Variant `full` runs the clip as one scan carrying CAP's context; other variants
-        render frames independently, in fixed-size chunks (one compilation)."""
-        landmarks = self.landmarks_for(source, motion)
+    def stream(self, source: Source, motion: Motion, mode: str = "absolute"):
+        """Animate `source` with `motion`, chunk by chunk: yields frames `[<=chunk,H,W,3]`.
+
+        Every chunk has `self.chunk` frames (the last padded by repeating its final frame,
+        the padding dropped), so one compilation serves any length; for `full`, CAP's
+        context is carried from chunk to chunk, as one scan over the whole video would.
+        Memory is bounded by a chunk whatever the length of the motion."""
+        motion = self.prepare(source, motion, mode)
         image, source_cond, source_lmk = self._source_arrays(source)
         driving_cond = np.asarray(
             make_condition(jnp.asarray(motion.pose), jnp.asarray(motion.expression)), np.float32
         )
-        if self.config.model.variant == "full":
-            out = self._clip_fn(self.params, image, source_cond, source_lmk, driving_cond,
-                                landmarks)
-            return np.asarray(out, np.float32)
+        landmarks = np.asarray(motion.landmarks, np.float32)
         t, chunk = len(motion), self.chunk
-        pad = -t % chunk
-        driving_cond = np.concatenate([driving_cond, np.repeat(driving_cond[-1:], pad, 0)])
-        landmarks = np.concatenate([landmarks, np.repeat(landmarks[-1:], pad, 0)])
-        outs = [
-            np.asarray(self._clip_fn(self.params, image, source_cond, source_lmk,
-                                     driving_cond[i:i + chunk], landmarks[i:i + chunk]))
-            for i in range(0, t + pad, chunk)
-        ]
-        return np.concatenate(outs)[:t].astype(np.float32)
+        context = None
+        if self.config.model.variant == "full":
+            context = self._initial_context_fn(self.params, image, source_cond, source_lmk,
+                                               driving_cond[0], landmarks[0])
+        for i in range(0, t, chunk):
+            cond, lmk = driving_cond[i:i + chunk], landmarks[i:i + chunk]
+            n = len(cond)
+            if n < chunk:
+                cond = np.concatenate([cond, np.repeat(cond[-1:], chunk - n, 0)])
+                lmk = np.concatenate([lmk, np.repeat(lmk[-1:], chunk - n, 0)])
+            frames, context = self._chunk_fn(self.params, image, source_cond, source_lmk,
+                                             cond, lmk, context)
+            yield np.asarray(frames, np.float32)[:n]
+
+    def reenact(self, source: Source, motion: Motion, mode: str = "absolute") -> np.ndarray:
+        """Animate `source` with `motion` (`mode`: `MOTION_MODES`): frames `[T,H,W,3]`.
+
+        Runs `stream` and gathers its chunks (for long videos, iterate `stream`)."""
+        return np.concatenate(list(self.stream(source, motion, mode)))
 
     def edit(self, source: Source, pose: np.ndarray | None = None,
              expression: np.ndarray | None = None) -> np.ndarray:

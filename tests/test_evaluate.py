@@ -16,7 +16,7 @@ from test_data_prep import feat_data
 
 from configs import common
 from data_prep import build
-from pechead_jax import animate, evaluate, train
+from pechead_jax import animate, evaluate, inference, media, train
 
 RES = 64  # the tiny model's resolution
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -140,9 +140,76 @@ def test_animate_clear_errors(workdir, tmp_path):
         animate.parse_expression("jawOpn=0.5")
     with pytest.raises(animate.AnimateError, match=r"\[0, 1\]"):
         animate.parse_expression("jawOpen=2")
-    np.testing.assert_allclose(animate.parse_angles("-30:30:3", "yaw"), [-30, 0, 30])
+    np.testing.assert_allclose(animate.parse_angles("-30:30:3", "yaw").degrees, [-30, 0, 30])
     with pytest.raises(animate.AnimateError, match="--pitch"):
         animate.parse_angles("up", "pitch")
+
+
+def test_animate_driving_video_relative_with_sound(workdir, tmp_path):
+    portrait = write_jpeg(tmp_path / "astronaut.jpg", skimage.data.astronaut())
+    out = tmp_path / "drive.mp4"
+    info = animate.main(["--workdir", str(workdir), "--source", str(portrait),
+                         "--driving", str(feat_data() / "single_face.mp4"), "--chunk", "32",
+                         "--side_by_side", "--no_progress", "--output", str(out)])
+    assert info["mode"] == "relative" and info["held_frames"] == 0
+    assert info["frames"] == 72 and info["fps"] == 30 and info["codec"] == "h264"
+    assert info["audio"] and media.probe_streams(out) == ["video", "audio"]
+    cap = cv2.VideoCapture(str(out))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 72 and cap.get(cv2.CAP_PROP_FPS) == 30
+    assert cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 3 * RES  # source | driving | result
+
+
+def test_animate_paste_back_keeps_the_photo_away_from_the_face(workdir, tmp_path):
+    photo = skimage.data.astronaut()
+    portrait = tmp_path / "astronaut.png"  # lossless: the photo's pixels exactly
+    assert cv2.imwrite(str(portrait), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "turned.png"
+    info = animate.main(["--workdir", str(workdir), "--source", str(portrait), "--yaw", "+15",
+                         "--paste_back", "--output", str(out)])
+    assert info["frames"] == 1 and info["size"] == [512, 512]
+    strip = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    assert strip.shape == (512, 1024, 3)  # the photo, then the edited photo, full size
+    pasted = strip[:, 512:]
+    np.testing.assert_array_equal(strip[:, :512], photo)
+    np.testing.assert_array_equal(pasted[380:], photo[380:])  # body and helmet, far below
+    np.testing.assert_array_equal(pasted[:, 440:], photo[:, 440:])  # the rocket on the right
+    assert np.abs(pasted[60:180, 150:260].astype(int) - photo[60:180, 150:260]).mean() > 1
+
+
+def test_animate_holds_frames_without_a_face(workdir, tmp_path):
+    cap = cv2.VideoCapture(str(feat_data() / "single_face.mp4"))
+    frames = [cap.read()[1] for _ in range(30)]
+    gap = tmp_path / "gap.mp4"
+    writer = cv2.VideoWriter(str(gap), cv2.VideoWriter_fourcc(*"mp4v"), 30,
+                             frames[0].shape[1::-1])
+    for f in frames[:20] + [np.zeros_like(frames[0])] * 6 + frames[20:]:
+        writer.write(f)
+    writer.release()
+    portrait = write_jpeg(tmp_path / "astronaut.jpg", skimage.data.astronaut())
+    info = animate.main(["--workdir", str(workdir), "--source", str(portrait), "--driving",
+                         str(gap), "--mode", "absolute", "--no_progress",
+                         "--output", str(tmp_path / "gap_out.mp4")])
+    assert info["frames"] == 36 and info["held_frames"] == 6
+    assert not info["audio"]  # the driving video has none: a silent file, said in the log
+    assert media.probe_streams(tmp_path / "gap_out.mp4") == ["video"]
+
+
+def test_yaw_edit_moves_the_nose_tip_and_fov_changes_perspective(workdir):
+    animator = inference.Animator.from_workdir(workdir)
+    face = animator.face_model
+    source = animate.source_from_image(skimage.data.astronaut(), RES, face)
+    pose, expr = animate.edit_motion(source, yaw=animate.parse_angles("-30:30:7", "yaw"))
+    motion = animator.prepare(source, inference.Motion(pose, expr))
+    nose = motion.landmarks[:, 30, 0]  # iBUG 30: the nose tip
+    # yaw > 0 turns the face towards the image's left (pechead_jax/face_model.py)
+    assert np.all(np.diff(nose) < -0.01), nose
+    one = (pose[-1:], source.identity, expr[-1:])
+    same = inference.perspective_landmarks(face, *one, fov=40.0)
+    np.testing.assert_allclose(same, motion.landmarks[-1:], atol=1e-5)
+    offset = {fov: np.abs(inference.perspective_landmarks(face, *one, fov=fov)[0, 30, 0]
+                          - pose[-1, 4]) for fov in (10.0, 40.0, 90.0)}
+    # A wider field of view (a closer camera) enlarges the nose, nearer than the head centre.
+    assert offset[10.0] < offset[40.0] < offset[90.0], offset
 
 
 def test_notebook_is_valid_json_with_code_cells():

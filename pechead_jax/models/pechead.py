@@ -271,14 +271,17 @@ class PECHead(nn.Module):
         source_landmarks: Array,
         driving_cond: Array,
         driving_landmarks: Array,
+        context: dict | None = None,
     ) -> dict:
         """A clip: `driving_cond [B,T,C]`, `driving_landmarks [B,T,N,2]` -> dict.
 
         Returns `image [B,T,H,W,3]`, `driving_keypoints [B,T,K,2]`, `source_keypoints
         [B,K,2]`, `warped` (per motion, `[B,T,H,W,3]`) and, for `full`, `previous_grid
-        [B,T,H,W,2]`. E and the source pyramid run once per clip; for `full` a scan over T
-        carries the CAP context (zero at the first frame). Other variants render all
-        frames as one batch.
+        [B,T,H,W,2]` and `context` (CAP's context after the last frame). E and the source
+        pyramid run once per clip; for `full` a scan over T carries the CAP context: from
+        `context` (a previous chunk's, so that a long video runs as fixed-size chunks) or,
+        when None, the zero one at the first frame. Other variants render all frames as one
+        batch (`context` must be None).
         """
         self._check_inputs(source, source_cond, source_landmarks)
         b = source.shape[0]
@@ -298,6 +301,9 @@ class PECHead(nn.Module):
             return x.reshape(b, t, *x.shape[1:])
 
         if self.variant != "full":
+            if context is not None:
+                raise ValueError(f"PECHead.animate: a context is only carried by the 'full' "
+                                 f"variant, not {self.variant!r}")
             out = self._frame(
                 tile(source), [tile(f) for f in pyramid], tile(source_cond),
                 frames(driving_cond), tile(source_kp), frames(driving_kp),
@@ -310,9 +316,11 @@ class PECHead(nn.Module):
                 "warped": {k: clips(v) for k, v in out["warped"].items()},
             }
 
-        context = self.initial_context(
-            source, source_cond, source_landmarks, driving_cond[:, 0], driving_landmarks[:, 0]
-        )
+        if context is None:
+            context = self.initial_context(
+                source, source_cond, source_landmarks, driving_cond[:, 0],
+                driving_landmarks[:, 0],
+            )
 
         def step(module, carry, inputs):
             cond, kp, landmarks = inputs
@@ -331,8 +339,9 @@ class PECHead(nn.Module):
             out_axes=1,
         )
         inputs = tuple(jnp.swapaxes(x, 0, 1) for x in (driving_cond, driving_kp, driving_landmarks))
-        _, (images, warped, previous_grid) = scan(self, context, inputs)
+        context, (images, warped, previous_grid) = scan(self, context, inputs)
         return {
+            "context": context,
             "image": images,
             "driving_keypoints": driving_kp,
             "source_keypoints": source_kp,
