@@ -48,11 +48,15 @@ import logging
 import pathlib
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pechead_jax import face_analyser, fileio, media
 from pechead_jax.logging_utils import to_uint8
+
+if TYPE_CHECKING:
+    from pechead_jax import inference
 
 EDIT_FPS = 10.0  # frame rate of an edit written as mp4
 BOX_FRAMES = 25  # driving frames whose faces fix the crop box (buffered, then streamed)
@@ -176,7 +180,7 @@ class Driving:
     geometry held) and whether it has sound."""
 
     path: pathlib.Path
-    motion: object
+    motion: inference.Motion
     fps: float
     box: tuple[float, float, float]
     held: int
@@ -470,14 +474,9 @@ def _edit_landmarks(animator, source, pose, expr, fov: np.ndarray | None,
     t = max(len(pose), len(fov))
     if len(pose) not in (1, t) or len(fov) not in (1, t):
         raise AnimateError(f"--fov gives {len(fov)} values, the other edits {len(pose)}")
-    pose = np.broadcast_to(pose, (t, 6)) if len(pose) == 1 else pose
-    fov = np.broadcast_to(fov, (t,))
-    return np.concatenate([
-        inference.perspective_landmarks(animator.face_model, pose[i:i + 1], source.identity,
-                                        np.broadcast_to(expr, (t, expr.shape[-1]))[i:i + 1],
-                                        float(fov[i]), source_fov)
-        for i in range(t)
-    ])
+    return inference.perspective_landmarks(
+        animator.face_model, np.broadcast_to(pose, (t, 6)), source.identity,
+        np.broadcast_to(expr, (t, expr.shape[-1])), np.broadcast_to(fov, (t,)), source_fov)
 
 
 def run(args: argparse.Namespace) -> dict:

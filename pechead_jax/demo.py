@@ -33,7 +33,7 @@ import time
 
 from absl import app, flags
 
-from pechead_jax import fileio
+from pechead_jax import fileio, media
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdirs/demo", "Where the dataset, checkpoints and outputs go.")
@@ -187,7 +187,7 @@ def write_video(path: pathlib.Path, columns: dict, fps: float) -> None:
         np.concatenate([_label(_big(columns[n][i]), n) for n in names], axis=1)
         for i in range(len(columns[names[0]]))
     )
-    fileio.write_mp4(path, rows, fps)
+    media.write_mp4(path, rows, fps)
 
 
 def write_outputs(workdir: pathlib.Path, config, train_summary: dict) -> dict:

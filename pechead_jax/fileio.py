@@ -63,25 +63,3 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
     write_bytes(path, data.tobytes())
-
-
-def write_mp4(path: str | os.PathLike, frames, fps: float) -> None:
-    """RGB uint8 frames `[H,W,3]` (an array `[T,H,W,3]` or any iterable) as an mp4 (mp4v),
-    atomically: a reader never sees a half-written video."""
-    import cv2
-
-    with atomic_path(path) as tmp:
-        writer = None
-        try:
-            for frame in frames:
-                if writer is None:
-                    h, w = frame.shape[:2]
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                    if not writer.isOpened():
-                        raise RuntimeError(f"OpenCV cannot write {path} (mp4v)")
-                writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
-        finally:
-            if writer is not None:
-                writer.release()
-        if writer is None:
-            raise ValueError(f"{path}: no frames to write")

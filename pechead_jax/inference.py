@@ -110,10 +110,11 @@ def relative_motion(source: Source, motion: Motion, face_model: LandmarkModel | 
 
 
 def perspective_landmarks(face_model: LandmarkModel, pose: np.ndarray, identity: np.ndarray,
-                          expression: np.ndarray, fov: float,
+                          expression: np.ndarray, fov: float | np.ndarray,
                           source_fov: float = 40.0) -> np.ndarray:
-    """Landmarks `[T,N,2]` as if the portrait had been taken with a `fov`-degree field of view
-    across the crop at the same head size (a camera-distance change, "dolly zoom").
+    """Landmarks `[T,N,2]` for `pose [T,6]`, `expression [T,E]` as if the portrait had been
+    taken with a `fov`-degree (one value, or `[T]`) field of view across the crop at the
+    same head size (a camera-distance change, "dolly zoom").
 
     R is orthographic. A camera at distance `D = 1 / tan(fov / 2)` crop half-widths sees a
     point at depth z (z away from the camera, the head centre at 0) at `x D / (D + z)`;
@@ -123,10 +124,11 @@ def perspective_landmarks(face_model: LandmarkModel, pose: np.ndarray, identity:
     centre (the nose) and shrinks what is behind it (ears, jaw corners); a narrower one
     flattens the face. The head centre keeps its position and size.
     """
-    for name, value in (("fov", fov), ("source_fov", source_fov)):
-        if not 1.0 <= value <= 150.0:
-            raise ValueError(f"perspective_landmarks: {name}={value} degrees, expected 1..150")
     pose = np.asarray(pose, np.float32)
+    fov = np.broadcast_to(np.asarray(fov, np.float64), (len(pose),))
+    for name, value in (("fov", fov), ("source_fov", np.asarray([source_fov]))):
+        if np.any(value < 1.0) or np.any(value > 150.0):
+            raise ValueError(f"perspective_landmarks: {name}={value} degrees, expected 1..150")
     identity = np.broadcast_to(identity, (len(pose), len(identity)))
     points = face_model.shape(identity, np.asarray(expression, np.float32),
                               indices=face_model.landmark_indices)
@@ -134,8 +136,8 @@ def perspective_landmarks(face_model: LandmarkModel, pose: np.ndarray, identity:
     centre = np.concatenate([pose[:, 4:6], np.zeros((len(pose), 1))], axis=1)[:, None]
     rel = camera - centre
 
-    def project(degrees):
-        d = 1.0 / np.tan(np.radians(degrees) / 2.0)
+    def project(degrees):  # [T] or scalar degrees
+        d = (1.0 / np.tan(np.radians(degrees) / 2.0)) * np.ones((len(pose), 1, 1))
         return rel[..., :2] * (d / np.maximum(d + rel[..., 2:], 1e-3 * d))
 
     return (camera[..., :2] + project(fov) - project(source_fov)).astype(np.float32)

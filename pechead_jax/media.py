@@ -152,3 +152,13 @@ class VideoWriter:
         # Closing the sink finishes the file; then atomic_path renames it (or, on an error,
         # removes it).
         self._stack.__exit__(exc_type, exc, tb)
+
+
+def write_mp4(path: str | os.PathLike, frames, fps: float,
+              audio_from: str | os.PathLike | None = None) -> VideoWriter:
+    """RGB uint8 frames `[H,W,3]` (an array `[T,H,W,3]` or any iterable) as one mp4 through
+    `VideoWriter`, atomically; returns the closed writer (`codec`, `audio`, `frames`)."""
+    with VideoWriter(path, fps, audio_from=audio_from) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer
