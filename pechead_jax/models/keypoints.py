@@ -1,8 +1,10 @@
 """E: learned keypoints of a source image under pose + expression conditions.
 
 Two estimators with one interface, `(image [B,H,W,3], source_cond [B,C], driving_cond
-[B,...,C]) -> (source_kp [B,K,2], driving_kp [B,...,K,2])`; the driving side never sees a
-driving image, so an edit and a reenactment take the same path:
+[B,...,C]) -> (source_kp [B,K,2], driving_kp [B,...,K,2])`, split as `encode(image)` (what
+depends on the source image alone, computed once per portrait at inference) and
+`from_encoded(encoded, source_cond, driving_cond)`; the driving side never sees a driving
+image, so an edit and a reenactment take the same path:
 - `PoseKeypointEstimator` (`model.keypoints='pose'`, the default): 3D points found on the
   source image, taken to the canonical frame by R's source pose, deformed by the expression
   change, and re-posed by the driving pose (face-vid2vid / LivePortrait's formulation with
@@ -96,6 +98,17 @@ class KeypointEstimator(nn.Module):
         )(features.astype(jnp.float32))
         return expected_coordinates(logits, self.temperature)
 
+    def encode(self, image: Array) -> Array:
+        """What E keeps of the source for any number of driving conditions: the image
+        itself (this E runs its hourglass once per condition)."""
+        return image
+
+    def from_encoded(
+        self, encoded: Array, source_cond: Array, driving_cond: Array
+    ) -> tuple[Array, Array]:
+        """`__call__` on `encode(image)`."""
+        return self(encoded, source_cond, driving_cond)
+
     def __call__(
         self, image: Array, source_cond: Array, driving_cond: Array
     ) -> tuple[Array, Array]:
@@ -180,13 +193,23 @@ class PoseKeypointEstimator(nn.Module):
         out = self.expression_out(x.astype(jnp.float32))
         return out.reshape(*expression.shape[:-1], self.num_keypoints, 3)
 
+    def encode(self, image: Array) -> Array:
+        """What E keeps of the source for any number of driving conditions: its 3D points
+        `[B,K,3]` (the only part that looks at the image)."""
+        return self.detect3d(image)
+
     def __call__(
         self, image: Array, source_cond: Array, driving_cond: Array
     ) -> tuple[Array, Array]:
         _check_image_and_cond("PoseKeypointEstimator", image, source_cond)
-        b, p = image.shape[0], self.pose_dim
+        return self.from_encoded(self.detect3d(image), source_cond, driving_cond)
+
+    def from_encoded(
+        self, points: Array, source_cond: Array, driving_cond: Array
+    ) -> tuple[Array, Array]:
+        """`__call__` from the source's 3D points `points [B,K,3]` (`encode`)."""
+        b, p = points.shape[0], self.pose_dim
         lead = driving_cond.shape[1:-1]
-        points = self.detect3d(image)  # [B, K, 3]
         delta = self.deformation(driving_cond[..., p:]) - self.deformation(
             source_cond[..., p:]
         ).reshape(b, *(1,) * len(lead), self.num_keypoints, 3)

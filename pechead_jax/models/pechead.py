@@ -51,8 +51,9 @@ class PECHead(nn.Module):
     """The generator side of PECHead, configured by `config.model` (see configs/common.py).
 
     Methods (shapes in docs/interfaces.md): `__call__` (one frame), `keypoints` (E: source
-    and driving points), `detect` (E's points on an image under its own condition) and
-    `animate` (a clip; a scan carrying the CAP context for the `full` variant).
+    and driving points), `detect` (E's points on an image under its own condition),
+    `encode_source` (the source side: G's pyramid and E's source points, once per portrait)
+    and `animate` (a clip; a scan carrying the CAP context for the `full` variant).
     """
 
     config: ml_collections.ConfigDict
@@ -133,6 +134,15 @@ class PECHead(nn.Module):
         """E: `image [B,H,W,3]`, `source_cond [B,C]`, `driving_cond [B,...,C]` ->
         (source keypoints `[B,K,2]`, driving keypoints `[B,...,K,2]`)."""
         return self.keypoint_estimator(image, source_cond, driving_cond)
+
+    def encode_source(self, source: Array) -> dict:
+        """The source side, which no driving frame changes: `source [B,H,W,3]` -> `pyramid`
+        (G's encoder, a list per level) and `points` (E's `encode`: the 3D points `[B,K,3]`
+        for the pose E). Compute it once per portrait and pass it to `animate`."""
+        return {
+            "pyramid": self.generator.encode(source),
+            "points": self.keypoint_estimator.encode(source),
+        }
 
     def detect(self, image: Array, cond: Array) -> Array:
         """E's points on `image [B,H,W,3]` under its own condition `[B,C]` -> `[B,K,2]`
@@ -224,11 +234,15 @@ class PECHead(nn.Module):
         return result
 
     def initial_context(self, source: Array, source_cond: Array, source_landmarks: Array,
-                        driving_cond: Array, driving_landmarks: Array) -> dict:
+                        driving_cond: Array, driving_landmarks: Array,
+                        encoded: dict | None = None) -> dict:
         """The CAP context before the first frame `driving_cond [B,C]`: zero features and
-        that frame's own points (zero motion into the first frame)."""
+        that frame's own points (zero motion into the first frame). `encoded`: as `animate`."""
         b, height, width = source.shape[:3]
-        source_kp, driving_kp = self.keypoints(source, source_cond, driving_cond)
+        points = self.keypoint_estimator.encode(source) if encoded is None else encoded["points"]
+        source_kp, driving_kp = self.keypoint_estimator.from_encoded(
+            points, source_cond, driving_cond
+        )
         points, _ = self._point_sets(
             source_cond, driving_cond, source_kp, driving_kp, source_landmarks, driving_landmarks
         )
@@ -272,6 +286,7 @@ class PECHead(nn.Module):
         driving_cond: Array,
         driving_landmarks: Array,
         context: dict | None = None,
+        encoded: dict | None = None,
     ) -> dict:
         """A clip: `driving_cond [B,T,C]`, `driving_landmarks [B,T,N,2]` -> dict.
 
@@ -281,15 +296,20 @@ class PECHead(nn.Module):
         pyramid run once per clip; for `full` a scan over T carries the CAP context: from
         `context` (a previous chunk's, so that a long video runs as fixed-size chunks) or,
         when None, the zero one at the first frame. Other variants render all frames as one
-        batch (`context` must be None).
+        batch (`context` must be None). `encoded`: `encode_source(source)`, computed once per
+        portrait (None: computed here).
         """
         self._check_inputs(source, source_cond, source_landmarks)
         b = source.shape[0]
         _check("driving_cond", driving_cond, (b, None, source_cond.shape[-1]))
         t = driving_cond.shape[1]
         _check("driving_landmarks", driving_landmarks, (b, t, *source_landmarks.shape[1:]))
-        source_kp, driving_kp = self.keypoints(source, source_cond, driving_cond)
-        pyramid = self.generator.encode(source)
+        if encoded is None:
+            encoded = self.encode_source(source)
+        source_kp, driving_kp = self.keypoint_estimator.from_encoded(
+            encoded["points"], source_cond, driving_cond
+        )
+        pyramid = encoded["pyramid"]
 
         def tile(x):
             return jnp.repeat(x[:, None], t, axis=1).reshape(b * t, *x.shape[1:])
@@ -319,7 +339,7 @@ class PECHead(nn.Module):
         if context is None:
             context = self.initial_context(
                 source, source_cond, source_landmarks, driving_cond[:, 0],
-                driving_landmarks[:, 0],
+                driving_landmarks[:, 0], encoded,
             )
 
         def step(module, carry, inputs):
