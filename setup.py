@@ -43,6 +43,11 @@ EXTRAS = {
         "pytest-xdist==3.8.0",
         "ruff==0.17.6",
         "scikit-image==0.26.0",
+        # The evaluation notebook executed by the tests (sliders included).
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+        "ipywidgets==8.1.9",
     ],
     # Only for one-off weight converters and reference comparisons; never at run time.
     "torch": ["torch==2.13.0"],

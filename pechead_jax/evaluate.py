@@ -1,18 +1,28 @@
-"""Evaluate a trained run: same-identity reconstruction on the test split (docs/evaluation.md).
+"""Evaluate a trained run with the paper's protocols on the test split (docs/evaluation.md).
 
     python -m pechead_jax.evaluate --workdir W [--data DATA] [--split test] \\
-        [--metrics l1,psnr,ms_ssim,fid,fvd,akd,ard,auh,csim] [--max_clips N] [--output W/eval]
+        [--protocol reconstruction|cross_identity|editing|all] [--cross_mode relative] \\
+        [--metrics l1,psnr,...] [--max_clips N] [--output W/eval]
+    python -m pechead_jax.evaluate --ablation W_kp W_lmk W_mmfa ... [--output DIR]
 
-Protocol (the authors' evaluation of their baselines): for every test clip, frame 0 is the
-source and every later frame drives (its pose, expression and landmarks); the generated
-frames 1..T-1 are compared with the real ones. Means are over all frames of the split.
-The copy-the-source baseline (frame 0 repeated) is measured the same way, next to the model.
+Protocols (`pechead_jax.evaluation.protocols`):
+- `reconstruction` (Table 1): frame 0 of every test clip is the source, the clip drives it;
+  generated frames 1..T-1 against the real ones (L1, MS-SSIM, PSNR, FID, AKD; and LPIPS,
+  FVD, ARD, AUH, CSIM).
+- `cross_identity` (Table 2): every test clip drives frame 0 of another video's clip (a
+  seeded draw), relative motion by default; CSIM to the source, ARD and AUH to the driving
+  frames, FVD of the outputs (and FID).
+- `editing` (Table 3): frame 0 of every clip under 8 pose and 4 expression edits; ARE to the
+  requested angles, FID against the real test frames, AUH to the requested action units (and
+  CSIM to the source).
+Every table has the copy-the-source baseline row, measured the same way.
 
-Writes `OUTPUT/metrics.json` (values, frame counts, faces not found, the provenance of every
-network) and `OUTPUT/metrics.md` (a Markdown table), both atomically. A metric whose
-weights are absent (the converted FID Inception, typically) or that cannot apply (MS-SSIM
-below 161 px, FVD without a 17-frame clip) is skipped, with the reason in both files.
-`evaluate_workdir(...)` is the same as a Python function (the notebook calls it).
+Writes `OUTPUT/metrics.json` (values, frame counts, faces not found, the pairing, the
+provenance of every network) and `OUTPUT/metrics.md` (one table per protocol, laid out like
+the paper's), atomically. A metric whose weights are absent (the converted FID Inception,
+typically) or that cannot apply (MS-SSIM below 161 px, FVD without 17-frame clips) is skipped
+with the reason in both files. `evaluate_workdir(...)` and `evaluate_ablation(...)` are the
+same as Python functions (the notebook calls them); `generator=` replaces the model.
 """
 
 from __future__ import annotations
@@ -24,46 +34,62 @@ import logging
 import math
 import pathlib
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from pechead_jax import fileio
+from pechead_jax.evaluation import protocols, report
+from pechead_jax.evaluation.protocols import PROTOCOLS, Case, Request, TestClip
 
-METRICS = ("l1", "psnr", "ms_ssim", "lpips", "fid", "fvd", "akd", "ard", "auh", "csim")
-FACE_METRICS = ("akd", "ard", "auh")
-# Direction of "better" and the column title of each metric in the Markdown table.
-TITLES = {
-    "l1": "L1 ↓", "psnr": "PSNR ↑", "ms_ssim": "MS-SSIM ↑", "lpips": "LPIPS ↓", "fid": "FID ↓",
-    "fvd": "FVD ↓",
-    "akd": "AKD ↓", "ard": "ARD ↓", "auh": "AUH ↓", "csim": "CSIM ↑",
-}  # fmt: skip
+METRICS = ("l1", "psnr", "ms_ssim", "lpips", "fid", "fvd", "akd", "ard", "auh", "csim", "are")
+FACE_METRICS = ("akd", "ard", "auh", "are")
 BASELINE = "copy-the-source"
-PROTOCOL = ("same-identity reconstruction: source = frame 0 of each clip, frames 1..T-1 drive "
-            "(pose, expression, landmarks) and are the targets; means over all target frames")
+PROTOCOL_TEXT = {
+    "reconstruction": "same-identity reconstruction: source = frame 0 of each clip, frames "
+                      "1..T-1 drive (pose, expression, landmarks) and are the targets; means "
+                      "over all target frames",
+    "cross_identity": "cross-identity reenactment: each clip drives frame 0 of a clip of another "
+                      "video (seeded draw), {mode} motion; CSIM to the source, ARD and AUH to "
+                      "the driving frames 1..T-1, FVD/FID against the real driving frames",
+    "editing": "pose and expression editing: frame 0 of each clip under 8 pose edits (yaw "
+               "+-15/30, pitch +-15, roll +-15 degrees from its own pose) and 4 expression "
+               "edits (neutral, smile, jaw open, eyes closed), each a still; ARE to the "
+               "analyser's source angles plus the change, AUH to the requested action units, "
+               "FID against the real test frames",
+}
 BATCH = 16  # frames per feature-network call
 # The frames are face crops: data_prep's 0.8 guards whole video frames against text, here it
 # would only drop the faces of small generated frames (data_prep analyses its crops at 0.5).
 FACE_CONFIDENCE = 0.5
 
+Generator = Callable[[Request], np.ndarray]
+
 
 class EvaluationError(ValueError):
-    """A user-facing problem with the inputs (workdir, data, metric names)."""
+    """A user-facing problem with the inputs (workdir, data, metric or protocol names)."""
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
+def parse_names(value: str | Sequence[str], allowed: Sequence[str], flag: str,
+                expand_all: bool = False) -> tuple[str, ...]:
+    """`"a,b"` or a sequence -> validated names in `allowed` order (`all` = every one)."""
+    names = [m.strip() for m in (value.split(",") if isinstance(value, str) else value)]
+    names = [m for m in names if m]
+    if expand_all and names == ["all"]:
+        return tuple(allowed)
+    unknown = sorted(set(names) - set(allowed))
+    if unknown or not names:
+        raise EvaluationError(f"{flag}: unknown {unknown or 'empty list'}; choose from "
+                              f"{','.join(allowed)}" + (" or all" if expand_all else ""))
+    return tuple(m for m in allowed if m in names)
+
+
 def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     """`"l1,psnr"` or a sequence -> validated names in the canonical order."""
-    names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics)]
-    names = [m for m in names if m]
-    unknown = sorted(set(names) - set(METRICS))
-    if unknown or not names:
-        raise EvaluationError(f"--metrics: unknown {unknown or 'empty list'}; choose from "
-                              f"{','.join(METRICS)}")
-    return tuple(m for m in METRICS if m in names)
+    return parse_names(metrics, METRICS, "--metrics")
 
 
 def checkpoint_step(workdir: str | pathlib.Path, step: int | None = None) -> int:
@@ -85,7 +111,7 @@ def checkpoint_step(workdir: str | pathlib.Path, step: int | None = None) -> int
 
 @dataclasses.dataclass
 class _Row:
-    """Per-frame values of one method (the model or the baseline), appended clip by clip."""
+    """Per-frame values of one method (the model or the baseline), appended case by case."""
 
     values: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     features: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
@@ -107,19 +133,27 @@ def _batched(fn, *arrays, batch: int = BATCH) -> np.ndarray:
     return np.concatenate(out)[:n]
 
 
-def _concat_faces(parts: list):
-    from pechead_jax.metrics.face import FaceMeasurement
-
-    fields = ("landmarks", "pose", "aus", "found")
-    return FaceMeasurement(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields},
-                           provenance=parts[0].provenance)
-
-
 def _repeat_face(measurement, n: int):
     """One frame's measurement repeated for `n` frames (the baseline's static source)."""
     return dataclasses.replace(
         measurement, **{f: np.repeat(getattr(measurement, f), n, axis=0)
                         for f in ("landmarks", "pose", "aus", "found")})
+
+
+def relative_expected_pose(source_deg: np.ndarray, driving_deg: np.ndarray) -> np.ndarray:
+    """The pose relative motion asks for, from the analyser's angles: the source's rotation
+    composed with the driving rotation relative to its frame 0 (`inference.relative_motion`'s
+    rule), `[3]`, `[T,3]` degrees -> `[T,3]` degrees (NaN where a face is missing)."""
+    from pechead_jax import inference
+
+    source = np.radians(np.asarray(source_deg, np.float64))
+    driving = np.radians(np.asarray(driving_deg, np.float64))
+    out = np.full(driving.shape, np.nan)
+    if not (np.isfinite(source).all() and np.isfinite(driving[0]).all()):
+        return out
+    ok = np.isfinite(driving).all(-1)
+    out[ok] = np.degrees(inference.compose_relative_rotation(source, driving[ok], driving[0]))
+    return out
 
 
 class _Networks:
@@ -162,9 +196,15 @@ class _Networks:
         if any(m in metrics for m in FACE_METRICS):
             try:
                 from pechead_jax import face_analyser
+                from pechead_jax.metrics import face
 
                 self.analyser = face_analyser.FaceAnalyser(
                     min_detection_confidence=FACE_CONFIDENCE)
+                provenance = face.analyser_provenance(self.analyser.model_path)
+                for m in FACE_METRICS:
+                    if m in metrics:
+                        self.provenance[m] = {**provenance,
+                                              "min_detection_confidence": str(FACE_CONFIDENCE)}
             except (FileNotFoundError, ValueError, ImportError) as e:
                 for m in FACE_METRICS:
                     if m in metrics:
@@ -187,285 +227,479 @@ class _Networks:
         if self.analyser is not None:
             self.analyser.close()
 
-    def measure_clip(self, model: _Row, baseline: _Row, source: np.ndarray,
-                     generated: np.ndarray, real: np.ndarray, real_row: _Row) -> None:
-        """Per-frame values / features of one clip's generated, copied and real frames."""
+    def wants(self, *names: str) -> bool:
+        return any(n in self.metrics for n in names)
+
+    # -- feature extractors
+
+    def fid_features(self, frames: np.ndarray) -> np.ndarray:
         import jax.numpy as jnp
 
+        from pechead_jax.metrics import inception
+
+        return _batched(lambda x: inception.inception_features(self.inception, jnp.asarray(x)),
+                        frames)
+
+    def fvd_features(self, video: np.ndarray) -> np.ndarray:
+        """I3D features of the non-overlapping 16-frame clips of `video` (none if shorter)."""
+        import jax.numpy as jnp
+
+        from pechead_jax.metrics import i3d
+
+        clips = i3d.split_clips(np.ascontiguousarray(video))
+        if not len(clips):
+            return np.zeros((0, 400))
+        return np.concatenate([np.asarray(i3d.i3d_features(self.i3d, jnp.asarray(c[None])))
+                               for c in clips])
+
+    def faces(self, frames: np.ndarray):
+        from pechead_jax.metrics import face
+
+        return face.measure(self.analyser, frames)
+
+    def csim(self, frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        from pechead_jax.metrics import identity
+
+        return identity.csim(self.embedder, frames, reference).per_frame
+
+    # -- the protocols' measurements
+
+    def measure_reconstruction(self, rows: dict[str, _Row], real: _Row, case: Case,
+                               generated: np.ndarray) -> None:
+        """Generated and copied frames against the real targets (Table 1)."""
+        import jax.numpy as jnp
+
+        from pechead_jax.metrics import face
         from pechead_jax.metrics import image as image_metrics
 
-        n = len(real)
-        copied = np.broadcast_to(source, real.shape)
+        model, baseline = rows["model"], rows["baseline"]
+        source, target = np.asarray(case.request.source.image, np.float32), case.target
+        generated = generated[case.keep]
+        n = len(target)
+        copied = np.broadcast_to(source, target.shape)
         for name, fn in (("l1", image_metrics.l1), ("psnr", image_metrics.psnr),
                          ("ms_ssim", image_metrics.ms_ssim)):
             if name in self.metrics:
-                model.add(name, _batched(lambda a, b, f=fn: f(jnp.asarray(a), jnp.asarray(b)),
-                                         generated, real))
-                baseline.add(name, _batched(lambda a, b, f=fn: f(jnp.asarray(a), jnp.asarray(b)),
-                                            copied, real))
+                def metric(a, b, f=fn):
+                    return f(jnp.asarray(a), jnp.asarray(b))
+
+                model.add(name, _batched(metric, generated, target))
+                baseline.add(name, _batched(metric, copied, target))
         if "lpips" in self.metrics:
-            model.add("lpips", self.lpips.frames(generated, real).per_frame)
-            baseline.add("lpips", self.lpips.frames(np.ascontiguousarray(copied), real).per_frame)
+            model.add("lpips", self.lpips.frames(generated, target).per_frame)
+            baseline.add("lpips", self.lpips.frames(np.ascontiguousarray(copied), target).per_frame)
         if "fid" in self.metrics:
-            from pechead_jax.metrics import inception
-
-            def feats(x):
-                return inception.inception_features(self.inception, jnp.asarray(x))
-
-            real_row.add_features("fid", _batched(feats, real))
-            model.add_features("fid", _batched(feats, generated))
-            baseline.add_features("fid", np.repeat(np.asarray(feats(source[None])), n, 0))
+            real.add_features("fid", self.fid_features(target))
+            model.add_features("fid", self.fid_features(generated))
+            baseline.add_features("fid", np.repeat(self.fid_features(source[None]), n, 0))
         if "fvd" in self.metrics and n >= 16:
-            from pechead_jax.metrics import i3d
-
-            def clip_feats(video):
-                clips = i3d.split_clips(video)
-                return np.concatenate([np.asarray(i3d.i3d_features(self.i3d, jnp.asarray(c[None])))
-                                       for c in clips])
-
-            real_row.add_features("fvd", clip_feats(real))
-            model.add_features("fvd", clip_feats(generated))
-            baseline.add_features("fvd", clip_feats(np.ascontiguousarray(copied)))
-        if self.analyser is not None and any(m in self.metrics for m in FACE_METRICS):
-            from pechead_jax.metrics import face
-
-            real_row.faces.append(face.measure(self.analyser, real))
-            model.faces.append(face.measure(self.analyser, generated))
-            baseline.faces.append(_repeat_face(face.measure(self.analyser, source[None]), n))
+            real.add_features("fvd", self.fvd_features(target))
+            model.add_features("fvd", self.fvd_features(generated))
+            baseline.add_features("fvd", self.fvd_features(copied))
+        if self.wants("akd", "ard", "auh"):
+            real_faces = self.faces(target)
+            gen_faces, src_faces = self.faces(generated), self.faces(source[None])
+            for row, faces in ((model, gen_faces), (baseline, _repeat_face(src_faces, n))):
+                if "akd" in self.metrics:
+                    row.add("akd", face.akd(faces, real_faces).per_frame)
+                if "ard" in self.metrics:
+                    row.add("ard", face.ard(faces, real_faces).per_frame)
+                if "auh" in self.metrics:
+                    row.add("auh", face.auh(faces, real_faces).per_frame)
         if "csim" in self.metrics:
-            from pechead_jax.metrics import identity
+            model.add("csim", self.csim(generated, source[None]))
+            baseline.add("csim", np.repeat(self.csim(source[None], source[None]), n))
 
-            model.add("csim", identity.csim(self.embedder, generated, source[None]).per_frame)
-            same = identity.csim(self.embedder, source[None], source[None]).per_frame
-            baseline.add("csim", np.repeat(same, n))
+    def measure_cross_identity(self, rows: dict[str, _Row], real: _Row, case: Case,
+                               generated: np.ndarray) -> None:
+        """Outputs against the source (identity) and the driving frames (pose, AUs; Table 2).
+
+        ARD compares the analyser's angles of the output with the pose the motion asks for:
+        the driving frames' angles (absolute) or the source's composed with the driving
+        rotation relative to its frame 0 (relative), both measured by the analyser."""
+        from pechead_jax.metrics import face
+
+        model, baseline = rows["model"], rows["baseline"]
+        source = np.asarray(case.request.source.image, np.float32)
+        driving = case.request.driving
+        gen = generated[case.keep]
+        n = len(gen)
+        copied = np.broadcast_to(source, gen.shape)
+        if "csim" in self.metrics:
+            model.add("csim", self.csim(gen, source[None]))
+            baseline.add("csim", np.repeat(self.csim(source[None], source[None]), n))
+        if self.wants("ard", "auh"):
+            drv_faces, src_faces = self.faces(driving), self.faces(source[None])
+            gen_faces = self.faces(gen)
+            if case.request.mode == "relative":
+                expected = relative_expected_pose(src_faces.pose[0], drv_faces.pose)[case.keep]
+            else:
+                expected = drv_faces.pose[case.keep]
+            drv_aus = drv_faces.aus[case.keep]
+            for row, faces in ((model, gen_faces), (baseline, _repeat_face(src_faces, n))):
+                if "ard" in self.metrics:
+                    row.add("ard", face.angle_difference(faces.pose, expected))
+                if "auh" in self.metrics:
+                    row.add("auh", face.au_hamming(faces.aus, drv_aus))
+        if "fvd" in self.metrics and n >= 16:
+            real.add_features("fvd", self.fvd_features(driving[case.keep]))
+            model.add_features("fvd", self.fvd_features(gen))
+            baseline.add_features("fvd", self.fvd_features(copied))
+        if "fid" in self.metrics:
+            real.add_features("fid", self.fid_features(driving[case.keep]))
+            model.add_features("fid", self.fid_features(gen))
+            baseline.add_features("fid", np.repeat(self.fid_features(source[None]), n, 0))
+
+    def measure_editing(self, rows: dict[str, _Row], real: _Row, case: Case,
+                        generated: np.ndarray, real_frames: np.ndarray | None) -> None:
+        """Edited stills against the requested angles and action units (Table 3).
+
+        ARE: the analyser's angles of each still against the analyser's angles of the
+        source plus the requested change; AUH: the still's action units against those of the
+        requested blendshapes (`face.blendshapes_to_aus`)."""
+        from pechead_jax.face_analyser import BLENDSHAPE_NAMES
+        from pechead_jax.metrics import face
+
+        model, baseline = rows["model"], rows["baseline"]
+        source = np.asarray(case.request.source.image, np.float32)
+        n = len(generated)
+        if self.wants("are", "auh"):
+            src_faces, gen_faces = self.faces(source[None]), self.faces(generated)
+            requested_pose = src_faces.pose[0] + case.pose_change
+            requested_aus = face.blendshapes_to_aus(case.expression, BLENDSHAPE_NAMES)
+            for row, faces in ((model, gen_faces), (baseline, _repeat_face(src_faces, n))):
+                if "are" in self.metrics:
+                    row.add("are", face.angle_difference(faces.pose, requested_pose))
+                if "auh" in self.metrics:
+                    row.add("auh", face.au_hamming(faces.aus, requested_aus))
+        if "fid" in self.metrics:
+            if real_frames is not None:
+                real.add_features("fid", self.fid_features(real_frames))
+            model.add_features("fid", self.fid_features(generated))
+            baseline.add_features("fid", np.repeat(self.fid_features(source[None]), n, 0))
+        if "csim" in self.metrics:
+            model.add("csim", self.csim(generated, source[None]))
+            baseline.add("csim", np.repeat(self.csim(source[None], source[None]), n))
 
 
 # ----------------------------------------------------------------------------- summaries
 
 
 def _summarise(row: _Row, real: _Row, nets: _Networks) -> dict[str, dict]:
-    from pechead_jax.metrics import face, frechet, result
+    from pechead_jax.metrics import frechet, result
 
     out: dict[str, dict] = {}
-    for name in ("l1", "psnr", "ms_ssim", "lpips", "csim"):
-        if name in nets.metrics and row.values.get(name):
-            per_frame = np.concatenate(row.values[name])
-            if name == "csim":
-                m = result.from_per_frame("csim", per_frame, nets.provenance["csim"])
-                out[name] = {"value": m.value, "frames": m.total, "missing": m.missing}
-            else:
-                out[name] = {"value": float(per_frame.mean()), "frames": int(per_frame.size)}
-            if name == "psnr":
-                finite = np.isfinite(per_frame)
-                out[name]["identical_pairs"] = int((~finite).sum())
-                out[name]["value_without_identical"] = (
-                    float(per_frame[finite].mean()) if finite.any() else math.nan)
+    for name, parts in row.values.items():
+        if name not in nets.metrics or not parts:
+            continue
+        per_frame = np.concatenate(parts)
+        if name in (*FACE_METRICS, "csim"):
+            m = result.from_per_frame(name, per_frame, nets.provenance.get(name, {}))
+            out[name] = {"value": m.value, "frames": m.total, "missing": m.missing}
+        else:
+            out[name] = {"value": float(per_frame.mean()), "frames": int(per_frame.size)}
+        if name == "psnr":
+            finite = np.isfinite(per_frame)
+            out[name]["identical_pairs"] = int((~finite).sum())
+            out[name]["value_without_identical"] = (
+                float(per_frame[finite].mean()) if finite.any() else math.nan)
     for name in ("fid", "fvd"):
         if name in nets.metrics and row.features.get(name):
             gen = np.concatenate(row.features[name])
-            ref = np.concatenate(real.features[name])
-            if len(gen) < 2:
+            ref = np.concatenate(real.features.get(name, [np.zeros((0, 1))]))
+            if len(gen) < 2 or len(ref) < 2:
                 continue  # reported as skipped by the caller
             value = frechet.frechet_distance_from_features(ref, gen)
             out[name] = {"value": value, "real": len(ref), "generated": len(gen)}
-    if row.faces:
-        gen, ref = _concat_faces(row.faces), _concat_faces(real.faces)
-        for name, fn in (("akd", face.akd), ("ard", face.ard), ("auh", face.auh)):
-            if name in nets.metrics:
-                m = fn(gen, ref)
-                out[name] = {"value": m.value, "frames": m.total, "missing": m.missing}
-                nets.provenance.setdefault(
-                    name, {**m.provenance, "min_detection_confidence": str(FACE_CONFIDENCE)})
     return out
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN -> null, +-inf -> "inf"/"-inf" (strict JSON has neither), numpy -> Python."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        if math.isnan(x):
-            return None
-        return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def _fmt(entry: dict | None, name: str) -> str:
-    if entry is None:
-        return "–"
-    v = entry["value"]
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        text = "n/a"
-    elif isinstance(v, str):
-        text = v
-    else:
-        digits = {"l1": 4, "ms_ssim": 4, "csim": 4, "auh": 4}.get(name, 2)
-        text = f"{v:.{digits}f}"
-    if entry.get("missing"):
-        text += f" ({entry['missing']}/{entry['frames']} no face)"
-    return text
-
-
-def markdown_table(result: dict) -> str:
-    """The Markdown report of an `evaluate_workdir` result."""
-    metrics = result["metrics"]
-    lines = [
-        f"# Evaluation of `{result['workdir']}` (step {result['step']})",
-        "",
-        f"{result['protocol']}. Split `{result['split']}` of `{result['data']}`: "
-        f"{result['clips']} clip(s), {result['frames']} target frames at "
-        f"{result['resolution']}x{result['resolution']}.",
-        "",
-        "| method | " + " | ".join(TITLES[m] for m in metrics) + " |",
-        "|---|" + "---:|" * len(metrics),
-    ]
-    for method, row in result["rows"].items():
-        lines.append(f"| {method} | " + " | ".join(_fmt(row.get(m), m) for m in metrics) + " |")
-    notes = []
-    for method, row in result["rows"].items():
-        psnr = row.get("psnr")
-        if psnr and psnr.get("identical_pairs"):
-            notes.append(f"{method}: {psnr['identical_pairs']} identical pairs make PSNR inf; "
-                         f"without them {psnr['value_without_identical']}")
-    if result["skipped"]:
-        lines += ["", "Skipped:"]
-        lines += [f"- {m}: {reason}" for m, reason in result["skipped"].items()]
-    if notes:
-        lines += ["", "Notes:"] + [f"- {n}" for n in notes]
-    if result["provenance"]:
-        lines += ["", "Networks:"]
-        for m, p in result["provenance"].items():
-            sha = {k: p.get(k.replace("weights", "sha256"), "")[:12] for k in p}
-            files = [f"`{pathlib.Path(v).name}` (sha256 {sha[k]})"
-                     for k, v in p.items() if k.startswith("weights")]
-            lines.append(f"- {m}: {p.get('network', '?')}; {', '.join(files)}")
-    return "\n".join(lines) + "\n"
-
-
 # ----------------------------------------------------------------------------- the run
+
+
+def animator_generator(animator) -> Generator:
+    """The trained model as a `Generator`: `Animator.reenact`, the source side computed
+    once per call; independent stills (edits) of the `full` variant are rendered one by one
+    (a 1-frame chunk: no CAP context between unrelated stills)."""
+    from pechead_jax import inference
+
+    single = None
+
+    def generate(request: Request) -> np.ndarray:
+        nonlocal single
+        if request.independent and animator.config.model.variant == "full":
+            if single is None:
+                single = inference.Animator(animator.config, animator.params,
+                                            animator.face_model, chunk=1)
+            encoded = single.encode(request.source)
+            m = request.motion
+            return np.concatenate([
+                single.reenact(request.source, inference.Motion(
+                    m.pose[i:i + 1], m.expression[i:i + 1],
+                    None if m.landmarks is None else m.landmarks[i:i + 1]),
+                    request.mode, encoded)
+                for i in range(len(m))])
+        return animator.reenact(request.source, request.motion, request.mode)
+
+    return generate
+
+
+def _test_clip(clip, arrays) -> TestClip:
+    from pechead_jax import inference
+
+    source, motion = inference.clip_source_and_motion(arrays, 0)
+    return TestClip(clip.clip_id, clip.video_id, source, motion, arrays["frames"])
+
+
+def _check_options(protocol, metrics, cross_mode, max_clips) -> tuple[tuple, tuple]:
+    from pechead_jax import inference
+
+    wanted = parse_metrics(metrics)
+    chosen = parse_names(protocol, PROTOCOLS, "--protocol", expand_all=True)
+    if cross_mode not in inference.MOTION_MODES:
+        raise EvaluationError(f"--cross_mode {cross_mode!r}: expected one of "
+                              f"{inference.MOTION_MODES}")
+    if max_clips is not None and max_clips < 1:
+        raise EvaluationError(f"--max_clips {max_clips}: must be at least 1")
+    return wanted, chosen
 
 
 def evaluate_workdir(
     workdir: str | pathlib.Path,
     *,
     data: str | pathlib.Path | None = None,
-    split: str = "test",
-    metrics: str | Sequence[str] = METRICS,
-    max_clips: int | None = None,
-    output: str | pathlib.Path | None = None,
     step: int | None = None,
-    identity_backend: str = "dlib",
-    identity_weights: str = "",
-    inception_weights: str | None = None,
-    progress: bool = True,
+    output: str | pathlib.Path | None = None,
+    protocol: str | Sequence[str] = "reconstruction",
+    metrics: str | Sequence[str] = METRICS,
+    cross_mode: str = "relative",
+    max_clips: int | None = None,
+    **kwargs,
 ) -> dict:
-    """Evaluate the checkpoint of `workdir` (latest, or `step`) on `split` of `data` (default:
-    the run's `config.data.root`); write `output` (default `W/eval`) `/metrics.{json,md}`.
+    """Evaluate the checkpoint of `workdir` (latest, or `step`) on the records `data`
+    (default: the run's `config.data.root`); write `output` (default `W/eval`)
+    `/metrics.{json,md}`. Other arguments: `evaluate_animator`'s.
 
-    Returns the dict written to `metrics.json` (NaN as None, inf as "inf"), plus `output`.
     Raises `EvaluationError` / `FileNotFoundError` naming the missing workdir, checkpoint or
-    records, or an unknown metric.
+    records, an unknown metric or protocol, or a split that a protocol cannot use.
     """
-    from tqdm.auto import tqdm
+    from pechead_jax import checkpointing, face_model, inference
 
-    from pechead_jax import checkpointing, face_model, inference, input_pipeline, records
-
+    _check_options(protocol, metrics, cross_mode, max_clips)
     workdir = pathlib.Path(workdir)
-    wanted = parse_metrics(metrics)
-    if max_clips is not None and max_clips < 1:
-        raise EvaluationError(f"--max_clips {max_clips}: must be at least 1")
     config = checkpointing.read_config(workdir)
     step = checkpoint_step(workdir, step)
     root = pathlib.Path(data or config.data.root or "")
     if not str(data or config.data.root or ""):
         raise EvaluationError(f"{workdir}/config.json names no data.root; pass --data DATA")
-    source_clips = records.ClipSource(root, split)  # clear errors for a missing folder/split
-    total = len(source_clips) if max_clips is None else min(max_clips, len(source_clips))
-    source_clips.close()
+    animator = inference.Animator.from_workdir(workdir, step=step, all_devices=True)
     face_path = root / "face_model.npz"
-    face = face_model.LandmarkModel.load(face_path) if face_path.is_file() else None
-    animator = inference.Animator.from_workdir(workdir, step=step)
-    if face is not None:
-        animator.face_model = face  # the face model of the data evaluated, not the run's
-    res = animator.resolution
+    if face_path.is_file():  # the face model of the data evaluated, not the run's
+        animator.face_model = face_model.LandmarkModel.load(face_path)
+    kwargs.setdefault("generator_name", f"PECHead ({config.model.variant}, step {step})")
+    return evaluate_animator(
+        animator, root, output=workdir / "eval" if output is None else output,
+        info={"workdir": str(workdir), "step": step}, protocol=protocol, metrics=metrics,
+        cross_mode=cross_mode, max_clips=max_clips, **kwargs)
 
-    nets = _Networks(wanted, res, identity_backend, identity_weights, inception_weights)
-    model, baseline, real = _Row(), _Row(), _Row()
-    clips = frames = 0
-    too_short = []
+
+def evaluate_animator(
+    animator,
+    data: str | pathlib.Path,
+    *,
+    output: str | pathlib.Path,
+    split: str = "test",
+    protocol: str | Sequence[str] = "reconstruction",
+    metrics: str | Sequence[str] = METRICS,
+    max_clips: int | None = None,
+    identity_backend: str = "dlib",
+    identity_weights: str = "",
+    inception_weights: str | None = None,
+    cross_mode: str = "relative",
+    seed: int = protocols.PAIRING_SEED,
+    generator: Generator | None = None,
+    generator_name: str | None = None,
+    info: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run `protocol` (names of `PROTOCOLS`, comma-separated, or "all") with `animator`
+    (an `inference.Animator`: its resolution and face model) on `split` of the records
+    `data`, the first `max_clips` clips; write `output/metrics.{json,md}`.
+
+    `generator` replaces the model (a `Request -> frames [T,H,W,3]` function), labelled
+    `generator_name`. `info` (workdir, step) goes into the report. Returns the dict written
+    to `metrics.json` (NaN as None, inf as "inf"), plus `output`.
+    """
+    from tqdm.auto import tqdm
+
+    from pechead_jax import input_pipeline, records
+
+    wanted, chosen = _check_options(protocol, metrics, cross_mode, max_clips)
+    root = pathlib.Path(data)
+    clip_source = records.ClipSource(root, split)  # clear errors for a missing folder/split
+    clip_ids = clip_source.clip_ids[:max_clips]
+    clip_source.close()
+    res = animator.resolution
+    generate = generator or animator_generator(animator)
+    info = {"workdir": None, "step": None, **(info or {})}
+    method = generator_name or f"PECHead ({animator.config.model.variant})"
+
+    def clips():
+        return (_test_clip(c, a) for c, a in
+                input_pipeline.load_clips(root, split, resolution=res, clip_ids=clip_ids))
+
+    pairing = sources = None
+    if "cross_identity" in chosen:
+        # A first pass for the video ids and the frame-0 sources (one frame per clip).
+        sources = [dataclasses.replace(c, frames=c.frames[:1]) for c in clips()]
+        try:
+            pairing = protocols.cross_identity_pairs([c.video_id for c in sources], seed)
+        except ValueError as e:
+            raise EvaluationError(f"split {split!r} of {root}: {e}") from None
+
+    needed = set().union(*(set(sum(report.COLUMNS[p], ())) for p in chosen))
+    nets = _Networks(tuple(m for m in wanted if m in needed), res, identity_backend,
+                     identity_weights, inception_weights)
+    parts: dict[str, dict] = {}
+    too_short: list[str] = []
     try:
-        stream = input_pipeline.load_clips(root, split, resolution=res)
-        bar = tqdm(stream, desc=f"evaluate {split}", unit="clip", disable=not progress,
-                   total=total)
-        for clip, arrays in bar:
-            if len(arrays["frames"]) < 2:
-                too_short.append(clip.clip_id)
-                continue
-            source, motion = inference.clip_source_and_motion(arrays, 0)
-            generated = animator.reenact(source, motion)[1:]
-            target = arrays["frames"][1:]
-            nets.measure_clip(model, baseline, np.asarray(source.image, np.float32),
-                              generated, target, real)
-            clips += 1
-            frames += len(target)
-            bar.set_postfix(frames=frames)
-            if max_clips is not None and clips >= max_clips:
-                break
-        bar.close()
+        for name in chosen:
+            rows = {"model": _Row(), "baseline": _Row()}
+            real = _Row()
+            cases = frames = 0
+            pairs = []
+            bar = tqdm(clips(), desc=f"evaluate {name}", unit="clip", disable=not progress,
+                       total=len(clip_ids))
+            for i, clip in enumerate(bar):
+                if name == "reconstruction":
+                    todo = protocols.reconstruction_cases(clip)
+                    if not todo:
+                        too_short.append(clip.clip_id)
+                elif name == "cross_identity":
+                    todo = protocols.cross_identity_cases(clip, sources[pairing[i]], cross_mode)
+                else:
+                    todo = protocols.editing_cases(clip)
+                for k, case in enumerate(todo):
+                    generated = np.asarray(generate(case.request), np.float32)
+                    if generated.shape != (len(case.request.motion), res, res, 3):
+                        raise EvaluationError(
+                            f"generator returned {generated.shape} for {len(case.request.motion)}"
+                            f" frames at {res}x{res}")
+                    if name == "reconstruction":
+                        nets.measure_reconstruction(rows, real, case, generated)
+                    elif name == "cross_identity":
+                        nets.measure_cross_identity(rows, real, case, generated)
+                        pairs.append([case.driving_clip, case.source_clip])
+                    else:
+                        nets.measure_editing(rows, real, case, generated,
+                                             clip.frames if k == 0 else None)
+                    cases += 1
+                    frames += len(generated[case.keep])
+                bar.set_postfix(frames=frames)
+            bar.close()
+            if cases == 0:
+                raise EvaluationError(f"split {split!r} of {root} has no clip of 2 or more "
+                                      f"frames for {name}")
+            part_rows = {method: _summarise(rows["model"], real, nets),
+                         BASELINE: _summarise(rows["baseline"], real, nets)}
+            skipped = {}
+            measured = [m for m in sum(report.COLUMNS[name], ()) if m in nets.metrics]
+            for m in ("fid", "fvd"):
+                if m in measured and m not in part_rows[method]:
+                    count = sum(len(f) for f in rows["model"].features.get(m, []))
+                    unit = ("16-frame clips (from clips of 17+ frames)" if m == "fvd"
+                            else "frames")
+                    skipped[m] = f"needs at least 2 {unit} for a covariance, got {count}"
+                    measured.remove(m)
+            parts[name] = {
+                "protocol": PROTOCOL_TEXT[name].format(mode=cross_mode),
+                "clips": cases,
+                "frames": frames,
+                "metrics": measured,
+                "paper_metrics": [m for m in report.COLUMNS[name][0] if m in measured],
+                "rows": part_rows,
+                "skipped": skipped,
+                "faces_missing": {m: {r: part_rows[r][m]["missing"] for r in part_rows}
+                                  for m in measured if m in (*FACE_METRICS, "csim")},
+            }
+            if name == "cross_identity":
+                parts[name]["pairs"] = pairs
+                parts[name]["mode"] = cross_mode
+                parts[name]["seed"] = seed
+            if name == "editing":
+                parts[name]["edits"] = {"pose_degrees": dict(protocols.EDIT_POSES),
+                                        "expression": dict(protocols.EDIT_EXPRESSIONS)}
     finally:
         nets.close()
-    if clips == 0:
-        raise EvaluationError(f"split {split!r} of {root} has no clip of 2 or more frames")
 
-    method = f"PECHead ({config.model.variant}, step {step})"
-    rows = {method: _summarise(model, real, nets), BASELINE: _summarise(baseline, real, nets)}
-    for name in ("fid", "fvd"):
-        if name in nets.metrics and name not in rows[method]:
-            count = sum(len(f) for f in model.features.get(name, []))
-            unit = "16-frame clips (from test clips of 17+ frames)" if name == "fvd" else "frames"
-            nets.skipped[name] = f"needs at least 2 {unit} for a covariance, got {count}"
-            nets.metrics.remove(name)
-    missing = {m: {r: rows[r][m]["missing"] for r in rows}
-               for m in (*FACE_METRICS, "csim") if m in nets.metrics}
     result = {
-        "workdir": str(workdir),
-        "step": step,
+        **info,
         "data": str(root),
         "split": split,
-        "protocol": PROTOCOL,
         "resolution": res,
-        "clips": clips,
-        "frames": frames,
-        "metrics": [m for m in METRICS if m in nets.metrics],
-        "rows": rows,
+        "method": method,
+        "protocols": parts,
         "skipped": dict(nets.skipped),
-        "faces_missing": missing,
         "clips_too_short": too_short,
         "provenance": {m: nets.provenance[m] for m in METRICS if m in nets.provenance
                        and m in nets.metrics},
     }
-    result = _json_safe(result)
-    out = pathlib.Path(output) if output is not None else workdir / "eval"
+    result = report.json_safe(result)
+    out = pathlib.Path(output)
     fileio.write_text(out / "metrics.json", json.dumps(result, indent=1, allow_nan=False) + "\n")
-    fileio.write_text(out / "metrics.md", markdown_table(result))
+    fileio.write_text(out / "metrics.md", report.markdown_report(result))
     result["output"] = str(out)
     return result
+
+
+def evaluate_ablation(workdirs: Sequence[str | pathlib.Path], *,
+                      output: str | pathlib.Path, **kwargs) -> dict:
+    """Table 4: `evaluate_workdir` (reconstruction and cross-identity) on each run, one row
+    per run labelled by its `config.model.variant` (and the folder when two share one);
+    writes `output/ablation.{json,md}` and each run's own report under `output/<i>-<folder>`."""
+    from pechead_jax import checkpointing
+
+    if len(workdirs) < 1:
+        raise EvaluationError("--ablation: give one or more workdirs")
+    output = pathlib.Path(output)
+    variants = [checkpointing.read_config(w).model.variant for w in workdirs]
+    results = {}
+    for i, (w, variant) in enumerate(zip(workdirs, variants)):
+        label = variant if variants.count(variant) == 1 else f"{variant} ({pathlib.Path(w).name})"
+        if label in results:
+            label += f" #{i + 1}"
+        results[label] = evaluate_workdir(
+            w, protocol=("reconstruction", "cross_identity"),
+            output=output / f"{i + 1}-{pathlib.Path(w).name}", **kwargs)
+    table = report.ablation_table(results)
+    summary = {"runs": {k: {"workdir": r["workdir"], "step": r["step"],
+                            "protocols": r["protocols"]} for k, r in results.items()},
+               "columns": [f"{p}.{m}" for p, m in report.ABLATION_COLUMNS]}
+    fileio.write_text(output / "ablation.json",
+                      json.dumps(report.json_safe(summary), indent=1, allow_nan=False) + "\n")
+    fileio.write_text(output / "ablation.md", table)
+    return {**summary, "output": str(output), "table": table}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pechead_jax.evaluate",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--workdir", help="training workdir (config.json, checkpoints/)")
+    target.add_argument("--ablation", nargs="+", metavar="WORKDIR",
+                        help="several runs (one per variant) into one Table 4")
     p.add_argument("--data", default=None, help="records folder (default: the run's data.root)")
     p.add_argument("--split", default="test")
+    p.add_argument("--protocol", default="reconstruction",
+                   help=f"{','.join(PROTOCOLS)} or all (comma-separated)")
+    p.add_argument("--cross_mode", default="relative", help="cross-identity motion: "
+                   "relative (the portrait keeps its pose, takes the changes) or absolute")
+    p.add_argument("--seed", type=int, default=protocols.PAIRING_SEED,
+                   help="seed of the cross-identity pairing")
     p.add_argument("--metrics", default=",".join(METRICS), help=f"from {','.join(METRICS)}")
     p.add_argument("--max_clips", type=int, default=None)
-    p.add_argument("--output", default=None, help="output folder (default: WORKDIR/eval)")
+    p.add_argument("--output", default=None,
+                   help="output folder (default: WORKDIR/eval; required with --ablation)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--identity_backend", default="dlib", choices=("dlib", "arcface"))
     p.add_argument("--identity_weights", default="", help="ArcFace .onnx/.npz (arcface only)")
@@ -479,13 +713,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    common = dict(data=args.data, split=args.split, metrics=args.metrics,
+                  max_clips=args.max_clips, step=args.step,
+                  identity_backend=args.identity_backend,
+                  identity_weights=args.identity_weights,
+                  inception_weights=args.inception_weights, cross_mode=args.cross_mode,
+                  seed=args.seed, progress=not args.no_progress)
     try:
-        result = evaluate_workdir(
-            args.workdir, data=args.data, split=args.split, metrics=args.metrics,
-            max_clips=args.max_clips, output=args.output, step=args.step,
-            identity_backend=args.identity_backend, identity_weights=args.identity_weights,
-            inception_weights=args.inception_weights, progress=not args.no_progress,
-        )
+        if args.ablation:
+            if args.output is None:
+                raise EvaluationError("--ablation needs --output DIR")
+            result = evaluate_ablation(args.ablation, output=args.output, **common)
+            sys.stdout.write(result["table"])
+            return result
+        result = evaluate_workdir(args.workdir, protocol=args.protocol, output=args.output,
+                                  **common)
     except (EvaluationError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"evaluate: {e}") from None
     sys.stdout.write(pathlib.Path(result["output"], "metrics.md").read_text())

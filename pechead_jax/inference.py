@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pechead_jax import checkpointing
+from pechead_jax import checkpointing, sharding
 from pechead_jax.face_model import LandmarkModel, euler_angles
 from pechead_jax.models import geometry, pechead
 from pechead_jax.models.keypoints import make_condition
@@ -75,6 +75,14 @@ def _rotations(angles: np.ndarray) -> np.ndarray:
     return np.asarray(geometry.rotation_matrix(a[..., 0], a[..., 1], a[..., 2]), np.float64)
 
 
+def compose_relative_rotation(source: np.ndarray, driving: np.ndarray,
+                              reference: np.ndarray) -> np.ndarray:
+    """(yaw, pitch, roll) radians of `R_t R_ref^T R_s`: the source's rotation `[3]` turned
+    by each driving rotation `[T,3]` relative to `reference [3]` -> `[T,3]` radians."""
+    rotation = (_rotations(driving) @ _rotations(reference).T) @ _rotations(source)
+    return euler_angles(rotation)
+
+
 def relative_motion(source: Source, motion: Motion, face_model: LandmarkModel | None = None,
                     reference: int = 0) -> Motion:
     """The driving motion's changes from its frame `reference`, applied to the source.
@@ -94,9 +102,8 @@ def relative_motion(source: Source, motion: Motion, face_model: LandmarkModel | 
         raise ValueError(f"relative_motion: reference {reference} outside 0..{len(pose) - 1}")
     src = np.asarray(source.pose, np.float64)
     ref = pose[reference]
-    rotation = _rotations(pose[:, :3]) @ _rotations(ref[:3]).T @ _rotations(src[:3])
     out = np.empty_like(pose)
-    out[:, :3] = euler_angles(rotation)
+    out[:, :3] = compose_relative_rotation(src[:3], pose[:, :3], ref[:3])
     out[:, 3] = src[3] + pose[:, 3] - ref[3]
     out[:, 4:6] = src[4:6] + (pose[:, 4:6] - ref[4:6]) * np.exp(src[3] - ref[3])
     expression = np.asarray(motion.expression, np.float64)
@@ -193,31 +200,58 @@ class Animator:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, params: PyTree,
-                 face_model: LandmarkModel | None = None, chunk: int = 16):
+                 face_model: LandmarkModel | None = None, chunk: int = 16,
+                 mesh: jax.sharding.Mesh | None = None):
         if chunk < 1:
             raise ValueError(f"Animator: chunk={chunk}, expected >= 1")
         self.traces = 0
         self.config = config
-        self.params = params
         self.face_model = face_model
         self.chunk = chunk
         self.model = PECHead(config.model)
         self.resolution = int(config.model.resolution)
+        # With a mesh, each chunk's frames are split over its devices (frames of a chunk are
+        # independent except under `full`, whose scan over them is sequential).
+        self.mesh = mesh
+        if mesh is not None:
+            n = mesh.devices.size
+            if config.model.variant == "full":
+                raise ValueError("Animator: a mesh splits a chunk's frames over devices; the "
+                                 "'full' variant scans them in order (use one device)")
+            if chunk % n:
+                raise ValueError(f"Animator: chunk={chunk} must be a multiple of the mesh's "
+                                 f"{n} devices")
+            params = jax.device_put(params, sharding.replicated(mesh))
+        self.params = params
+
+    @staticmethod
+    def local_mesh(config: ml_collections.ConfigDict, chunk: int = 16) -> jax.sharding.Mesh | None:
+        """A mesh over this host's devices for `Animator(mesh=...)`, or None where one device
+        is all there is to use (one device, the `full` variant, or `chunk` not a multiple)."""
+        n = jax.local_device_count()
+        if n < 2 or config.model.variant == "full" or chunk % n:
+            return None
+        return jax.make_mesh((n,), (sharding.DATA_AXIS,), devices=jax.local_devices(),
+                             axis_types=(jax.sharding.AxisType.Auto,))
 
     @classmethod
     def from_workdir(cls, workdir: str | pathlib.Path, *, step: int | None = None,
-                     face_model_path: str | pathlib.Path | None = None) -> Animator:
+                     face_model_path: str | pathlib.Path | None = None,
+                     all_devices: bool = False) -> Animator:
         """Load `W/config.json`, the EMA params of the latest checkpoint, and the face model
-        (`face_model_path`, default `config.data.root/face_model.npz` when it exists)."""
+        (`face_model_path`, default `config.data.root/face_model.npz` when it exists);
+        `all_devices`: split each chunk over this host's devices (`local_mesh`)."""
         config = checkpointing.read_config(workdir)
         params, loaded_step = load_ema_params(workdir, config, step)
         if face_model_path is None and config.data.root:
             candidate = pathlib.Path(config.data.root) / "face_model.npz"
             face_model_path = candidate if candidate.is_file() else None
         face = LandmarkModel.load(face_model_path) if face_model_path else None
-        logging.info("loaded %s at step %d (face model: %s)", workdir, loaded_step,
-                     face_model_path or "none")
-        return cls(config, params, face)
+        mesh = cls.local_mesh(config) if all_devices else None
+        logging.info("loaded %s at step %d (face model: %s; %d device(s))", workdir,
+                     loaded_step, face_model_path or "none", 1 if mesh is None else
+                     mesh.devices.size)
+        return cls(config, params, face, mesh=mesh)
 
     # -- the model calls (jitted once: every chunk has the same shape)
 
@@ -236,7 +270,12 @@ class Animator:
             )
             return out["image"][0], out.get("context")
 
-        return jax.jit(run)
+        if self.mesh is None:
+            return jax.jit(run)
+        rep = sharding.replicated(self.mesh)
+        frames = sharding.batch_sharding(self.mesh)
+        return jax.jit(run, in_shardings=(rep, rep, rep, rep, frames, frames, rep, rep),
+                       out_shardings=(frames, rep))
 
     @functools.cached_property
     def _initial_context_fn(self):
@@ -250,8 +289,9 @@ class Animator:
 
     @functools.cached_property
     def _encode_fn(self):
+        out = None if self.mesh is None else sharding.replicated(self.mesh)
         return jax.jit(lambda params, image: self.model.apply(
-            {"params": params}, image, method=PECHead.encode_source))
+            {"params": params}, image, method=PECHead.encode_source), out_shardings=out)
 
     def encode(self, source: Source) -> dict:
         """The source side of the model for `source` (G's encoder pyramid, E's source

@@ -195,3 +195,37 @@ def test_video_writer_h264_with_sound_and_silent_fallback(tmp_path):
         with media.VideoWriter(tmp_path / "c.mp4", 10.0):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4", "silent.mp4"]
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs several (simulated) devices")
+def test_chunks_split_over_all_local_devices_give_the_same_frames():
+    """With a mesh over every local device, a chunk's frames are computed where they live
+    (one slice per device) and equal the single-device frames."""
+    config = get_config("tiny")
+    model = PECHead(config.model)
+    inputs = pechead.model_inputs(pechead.dummy_batch(config.model, 1, None))
+    params = model.init(jax.random.key(0), *inputs)["params"]
+    n = jax.local_device_count()
+    mesh = inference.Animator.local_mesh(config, chunk=n)
+    assert mesh is not None and mesh.devices.size == n
+    one = inference.Animator(config, params, chunk=n)
+    many = inference.Animator(config, params, chunk=n, mesh=mesh)
+    m, r = config.model, config.model.resolution
+    rng = np.random.default_rng(0)
+    source = inference.Source(rng.uniform(0, 1, (r, r, 3)).astype(np.float32),
+                              np.zeros(6, np.float32), np.full(E, 0.1, np.float32),
+                              rng.uniform(-0.5, 0.5, (m.num_landmarks, 2)).astype(np.float32))
+    t = n + 3
+    pose = np.zeros((t, 6), np.float32)
+    pose[:, 0] = np.linspace(-0.3, 0.3, t)
+    motion = inference.Motion(pose, np.full((t, E), 0.1, np.float32),
+                              source.landmarks + np.linspace(0, 0.05, t)[:, None, None])
+    np.testing.assert_allclose(many.reenact(source, motion), one.reenact(source, motion),
+                               atol=1e-5)
+    image, cond, lmk = many._source_arrays(source)
+    driving = np.asarray(inference.make_condition(pose, motion.expression))[:n]
+    frames, _ = many._chunk_fn(many.params, image, cond, lmk, driving,
+                               motion.landmarks[:n].astype(np.float32), None, many.encode(source))
+    assert len(frames.sharding.device_set) == n
+    with pytest.raises(ValueError, match="multiple"):
+        inference.Animator(config, params, chunk=n + 1, mesh=mesh)
