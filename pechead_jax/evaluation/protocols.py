@@ -144,20 +144,17 @@ def edited_expression(source_expression: np.ndarray, scores: Mapping[str, float]
 
 
 def editing_cases(clip: TestClip) -> list[Case]:
-    """Table 3: on the clip's frame 0, one case of `EDIT_POSES` (expression kept) and one of
-    `EDIT_EXPRESSIONS` (pose kept), every edit a still rendered on its own."""
+    """Table 3: on the clip's frame 0, every edit of `EDIT_POSES` (expression kept), then of
+    `EDIT_EXPRESSIONS` (pose kept): one case of 12 stills, each rendered on its own."""
     src = clip.source
-    changes = np.array([d for _, d in EDIT_POSES], np.float32)
-    pose = np.repeat(np.asarray(src.pose, np.float32)[None], len(changes), 0)
+    pose0 = np.asarray(src.pose, np.float32)
+    changes = np.array([d for _, d in EDIT_POSES] + [(0.0, 0.0, 0.0)] * len(EDIT_EXPRESSIONS),
+                       np.float32)
+    pose = np.repeat(pose0[None], len(changes), 0)
     pose[:, :3] += np.radians(changes)
-    expr = np.repeat(np.asarray(src.expression, np.float32)[None], len(changes), 0)
-    cases = [Case("editing", Request(src, inference.Motion(pose, expr), independent=True),
-                  slice(None), source_clip=clip.clip_id, pose_change=changes, expression=expr,
-                  edits=tuple(n for n, _ in EDIT_POSES))]
-    expr = np.stack([edited_expression(src.expression, s) for _, s in EDIT_EXPRESSIONS])
-    pose = np.repeat(np.asarray(src.pose, np.float32)[None], len(expr), 0)
-    cases.append(Case("editing", Request(src, inference.Motion(pose, expr), independent=True),
-                      slice(None), source_clip=clip.clip_id,
-                      pose_change=np.zeros((len(expr), 3), np.float32), expression=expr,
-                      edits=tuple(n for n, _ in EDIT_EXPRESSIONS)))
-    return cases
+    expr = np.stack([np.asarray(src.expression, np.float32)] * len(EDIT_POSES)
+                    + [edited_expression(src.expression, s) for _, s in EDIT_EXPRESSIONS])
+    names = tuple(n for n, _ in EDIT_POSES) + tuple(n for n, _ in EDIT_EXPRESSIONS)
+    return [Case("editing", Request(src, inference.Motion(pose, expr), independent=True),
+                 slice(None), source_clip=clip.clip_id, pose_change=changes, expression=expr,
+                 edits=names)]
