@@ -496,7 +496,8 @@ def evaluate(
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls (save, then exit cleanly)."""
+    """Turns SIGTERM into a flag the loop polls (save, then exit cleanly). The handler stays
+    installed until the checkpoint write has finished, so a second SIGTERM cannot kill it."""
 
     def __init__(self):
         self.requested = threading.Event()
@@ -508,7 +509,10 @@ class _Preemption:
         return self
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint and exiting")
+        if self.requested.is_set():
+            logging.warning("SIGTERM received again: still writing the checkpoint")
+        else:
+            logging.warning("SIGTERM received: saving a checkpoint and exiting")
         self.requested.set()
 
     def __exit__(self, *exc):
@@ -607,50 +611,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     devices = jax.device_count()
 
     with _Preemption() as preemption:
-        while step < t.num_steps:
-            host_batch = _select(next(train_iter))
-            batch = sharding.put_batch(host_batch, mesh)
-            state, metrics = train_step(state, batch, perceptual_params)
-            step += 1
-            window_steps += 1
-            last = step == t.num_steps
-            out_of_time = time.monotonic() - start_time >= budget
-            stop = _all_processes_agree(preemption.requested.is_set() or out_of_time)
-            if step % t.log_every == 0 or last or stop:
-                metrics_np = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                max_run = int(jax.device_get(state.nonfinite["max_run"]))
-                if max_run >= t.max_nonfinite_in_a_row:
-                    manager.wait_until_finished()
-                    raise NonFiniteError(
-                        f"{max_run} steps in a row had non-finite losses or gradients (limit "
-                        f"config.train.max_nonfinite_in_a_row={t.max_nonfinite_in_a_row}) by "
-                        f"step {step}; last metrics: {metrics_np}"
-                    )
-                elapsed = time.monotonic() - window_start
-                rate = window_steps * config.data.batch_size / max(elapsed, 1e-9)
-                metrics_np.update({
-                    "lr/g": float(parts.g_schedule(step - 1)),
-                    "lr/d": float(parts.d_schedule(step - 1)),
-                    "perf/samples_per_second": rate,
-                    "perf/samples_per_second_per_device": rate / devices,
-                    "perf/step_time_s": elapsed / window_steps,
-                })
-                writer.scalars(step, metrics_np)
-                logging.info(logging_utils.progress_line(step, t.num_steps, metrics_np, rate))
-                window_start, window_steps = time.monotonic(), 0
-            if t.sample_every and (step % t.sample_every == 0 or last):
-                _write_samples(writer, step, preview, state.ema_params, host_batch)
-            if t.eval_every and (step % t.eval_every == 0 or last or stop):
-                last_eval = evaluate(config, parts, state.ema_params, mesh, eval_step)
-                writer.scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
-                logging.info("eval at step %d: %s", step, last_eval)
-            if step % t.checkpoint_every == 0 or last or stop:
-                checkpointing.save(manager, step, state, train_iter, force=True)
-            if stop:
-                summary["preempted"] = preemption.requested.is_set()
-                summary["time_budget_reached"] = out_of_time
-                break
-    manager.wait_until_finished()
+        try:
+            while step < t.num_steps:
+                host_batch = _select(next(train_iter))
+                batch = sharding.put_batch(host_batch, mesh)
+                state, metrics = train_step(state, batch, perceptual_params)
+                step += 1
+                window_steps += 1
+                last = step == t.num_steps
+                out_of_time = time.monotonic() - start_time >= budget
+                stop = _all_processes_agree(preemption.requested.is_set() or out_of_time)
+                if step % t.log_every == 0 or last or stop:
+                    metrics_np = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    max_run = int(jax.device_get(state.nonfinite["max_run"]))
+                    if max_run >= t.max_nonfinite_in_a_row:
+                        manager.wait_until_finished()
+                        raise NonFiniteError(
+                            f"{max_run} steps in a row had non-finite losses or gradients (limit "
+                            f"config.train.max_nonfinite_in_a_row={t.max_nonfinite_in_a_row}) by "
+                            f"step {step}; last metrics: {metrics_np}"
+                        )
+                    elapsed = time.monotonic() - window_start
+                    rate = window_steps * config.data.batch_size / max(elapsed, 1e-9)
+                    metrics_np.update({
+                        "lr/g": float(parts.g_schedule(step - 1)),
+                        "lr/d": float(parts.d_schedule(step - 1)),
+                        "perf/samples_per_second": rate,
+                        "perf/samples_per_second_per_device": rate / devices,
+                        "perf/step_time_s": elapsed / window_steps,
+                    })
+                    writer.scalars(step, metrics_np)
+                    logging.info(logging_utils.progress_line(step, t.num_steps, metrics_np, rate))
+                    window_start, window_steps = time.monotonic(), 0
+                if stop:
+                    # Save first: a preempted VM has seconds. No eval or samples (the eval
+                    # would compile); the wait for the write is in the `finally` below.
+                    checkpointing.save(manager, step, state, train_iter, force=True)
+                    summary["preempted"] = preemption.requested.is_set()
+                    summary["time_budget_reached"] = out_of_time
+                    logging.info("stopping at step %d (%s): checkpoint saved, eval skipped",
+                                 step, "SIGTERM" if summary["preempted"] else "time budget")
+                    break
+                if step % t.checkpoint_every == 0 or last:
+                    checkpointing.save(manager, step, state, train_iter, force=True)
+                if t.sample_every and (step % t.sample_every == 0 or last):
+                    _write_samples(writer, step, preview, state.ema_params, host_batch)
+                if t.eval_every and (step % t.eval_every == 0 or last):
+                    last_eval = evaluate(config, parts, state.ema_params, mesh, eval_step)
+                    writer.scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
+                    logging.info("eval at step %d: %s", step, last_eval)
+        finally:
+            # Inside the handler's scope: a second SIGTERM cannot interrupt the write.
+            manager.wait_until_finished()
     manager.close()
     writer.flush()
     writer.close()

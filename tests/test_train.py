@@ -183,8 +183,12 @@ def test_stage2_initialises_from_stage1_and_trains_on_clips(straight, root, tmp_
     assert any("ContextPropagation" in n for n in names)  # CAP, new in stage 2
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(root, monkeypatch, tmp_path):
-    select, calls = train._select, []
+def test_sigterm_saves_first_and_a_second_sigterm_cannot_kill_the_write(root, monkeypatch,
+                                                                         tmp_path):
+    """SIGTERM during step 2: the checkpoint is written without evaluating first (the eval
+    would compile), and a second SIGTERM during the wait for the write reaches the trainer's
+    handler, not the previous one (here a recorder standing in for the default: death)."""
+    select, calls, outside, evals, waits = train._select, [], [], [], []
 
     def select_then_preempt(batch):
         calls.append(1)
@@ -192,12 +196,40 @@ def test_sigterm_saves_a_checkpoint_and_stops(root, monkeypatch, tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
         return select(batch)
 
+    make_manager = checkpointing.make_manager
+
+    def manager_terminated_while_waiting(*args, **kwargs):
+        manager = make_manager(*args, **kwargs)
+        wait = manager.wait_until_finished
+
+        def wait_after_a_second_sigterm():
+            if not waits:  # the trainer's wait for the write (close() waits again later)
+                os.kill(os.getpid(), signal.SIGTERM)
+            waits.append(1)
+            wait()
+
+        manager.wait_until_finished = wait_after_a_second_sigterm
+        return manager
+
     monkeypatch.setattr(train, "_select", select_then_preempt)
-    summary = train.train_and_evaluate(tiny_config(root, num_steps=4, checkpoint_every=100),
-                                       tmp_path)
+    monkeypatch.setattr(checkpointing, "make_manager", manager_terminated_while_waiting)
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: evals.append(1) or {})
+    def record(*args):
+        outside.append(1)
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        summary = train.train_and_evaluate(
+            tiny_config(root, num_steps=4, checkpoint_every=100, eval_every=100), tmp_path)
+        handler_after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert summary["preempted"] and summary["step"] == 2
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["2"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was removed
+    assert not evals  # no eval between the signal and the save
+    assert waits and not outside  # both SIGTERMs were the trainer's during the write
+    assert handler_after is record  # the handler before the run is back
+    assert checkpointing.saved_steps(tmp_path) == [2]
 
 
 def test_a_loss_term_the_variant_cannot_provide_is_refused(root):
